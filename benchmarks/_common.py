@@ -1,0 +1,35 @@
+"""Helpers shared by the benchmarks: where the data is, and the machine line."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("GASNET_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def machine() -> str:
+    """One line describing the machine the numbers were taken on."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{cpu}; {os.cpu_count()} cores; torch threads {torch.get_num_threads()}; "
+            f"Python {platform.python_version()}")
+
+
+def table(rows: list[tuple], header: tuple) -> str:
+    """A plain-text table."""
+    cells = [tuple(map(str, header))] + [tuple(map(str, r)) for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,133 @@
+"""The ``gasnet`` command line.
+
+Exit codes: 0 success; 1 the run finished but some inputs could not be measured (their
+rows are flagged; see ``ZWARN_REASON``); 2 a usage or configuration error (nothing was
+run).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from gasnet_plugin import __version__
+
+EXIT_SOME_FAILED = 1
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> None:
+    click.echo(f"gasnet: error: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gasnet")
+def main() -> None:
+    """GaSNet spectral classification, redshifts and anomaly flags for survey spectra."""
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ASDF archive to write.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar over the files (default: on a terminal, >1 file).")
+def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool,
+        progress: bool | None) -> None:
+    """Run the pipeline of CONFIG on INPUTS (files, folders or glob patterns)."""
+    from gasnet_plugin.api import as_config
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.host.inputs import expand_inputs
+    from gasnet_plugin.host.runner import Pipeline
+    from gasnet_plugin.io.archive import ArchiveError
+    from gasnet_plugin.zwarning import FATAL
+
+    if output.exists() and not overwrite:
+        _fail(f"{output}: exists (use --overwrite to replace it)")
+    try:
+        pipeline = Pipeline(as_config(config))
+        files = expand_inputs(inputs)
+    except ConfigError as exc:
+        _fail(str(exc))
+    archive = pipeline.run(files, progress=progress)
+    try:
+        archive.write(output, overwrite=overwrite)
+    except ArchiveError as exc:
+        _fail(str(exc))
+    run_info = archive.run
+    click.echo(f"wrote {output}: {run_info.n_spectra} spectra from {len(run_info.inputs)} "
+               f"file(s), {run_info.n_failed} could not be measured", err=True)
+    if run_info.n_failed:
+        results = archive.results
+        fatal = results[(np.asarray(results["ZWARN"]) & int(FATAL)) != 0]
+        for row in fatal[:10]:
+            click.echo(f"  {row['ZWARN_REASON']}", err=True)
+        if len(fatal) > 10:
+            click.echo(f"  ... and {len(fatal) - 10} more (see ZWARN_REASON)", err=True)
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def stages(as_json: bool) -> None:
+    """List the registered stages, redshift engines and readers with their parameters."""
+    from gasnet_plugin.host.plugins import PluginHost
+
+    plugins = PluginHost()
+    listing = {
+        "stages": {cls.name: _describe(cls) for cls in plugins.stages},
+        "engines": {cls.name: _describe(cls) for cls in plugins.engines},
+        "readers": {reader.name: {"summary": reader.summary} for reader in plugins.readers},
+        "plugins": plugins.plugin_names(),
+    }
+    if as_json:
+        click.echo(json.dumps(listing, indent=2, default=str))
+        return
+    for section in ("stages", "engines"):
+        click.echo(f"{section}:")
+        if not listing[section]:
+            click.echo("  (none registered)")
+        for name, info in listing[section].items():
+            click.echo(f"  {name}: {info['summary']}")
+            for param, spec in info["parameters"].items():
+                click.echo(f"      {param} = {spec['default']!r}  ({spec['type']}) "
+                           f"{spec['description']}")
+    click.echo("readers:")
+    for name, info in listing["readers"].items():
+        click.echo(f"  {name}: {info['summary']}")
+    click.echo(f"plugins: {', '.join(listing['plugins'])}")
+
+
+def _describe(cls: type) -> dict:
+    return {
+        "summary": cls.summary,
+        "parameters": {
+            name: {"default": spec.get("default"), "type": spec.get("type", "any"),
+                   "description": spec.get("description", "")}
+            for name, spec in cls.parameters.items()},
+    }
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+def info(archive: Path) -> None:
+    """Summarise a results ARCHIVE written by ``gasnet run``."""
+    from gasnet_plugin.io.archive import ArchiveError, read_archive
+
+    try:
+        loaded = read_archive(archive)
+    except ArchiveError as exc:
+        _fail(str(exc))
+    click.echo(f"{archive}")
+    click.echo(loaded.summary())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

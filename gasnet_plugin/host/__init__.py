@@ -1,0 +1,1 @@
+"""The reference host: plugin manager, registries, configuration and the pipeline runner."""

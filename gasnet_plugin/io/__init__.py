@@ -1,0 +1,1 @@
+"""Input readers (specutils loaders per survey format) and the ASDF results archive."""

@@ -1,0 +1,202 @@
+"""The results archive: one ASDF file per run, validated on write and on read.
+
+Layout (schema ``results_archive-1.0.0``)::
+
+    results: astropy Table     one row per input spectrum, in input order
+    run:     RunInfo           config, software versions, inputs, counts
+    arrays:  SpectrumArrays    optional per-spectrum arrays on the common grid
+
+``asdf.open(path)["results"]`` gives the table with only asdf and asdf-astropy installed.
+Writes are atomic: the file is written under a temporary name in the same folder and
+renamed into place, so a failed run never leaves a half-written archive behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import asdf
+import numpy as np
+from asdf.exceptions import AsdfWarning, ValidationError
+from astropy.table import Table
+
+from gasnet_plugin.io.asdf_extension import ARCHIVE_SCHEMA_URI
+from gasnet_plugin.zwarning import FATAL
+
+
+class ArchiveError(Exception):
+    """An archive could not be written or read; the message names the file."""
+
+
+@dataclass
+class RunInfo:
+    """What produced an archive.
+
+    Attributes
+    ----------
+    config
+        The configuration that ran, in the layout of a config file.
+    software
+        Package name → version string.
+    created
+        ISO 8601 UTC time the archive was written.
+    inputs
+        Input files in the order read.
+    n_spectra
+        Rows in the results table.
+    n_failed
+        Rows with a fatal ``ZWARN`` bit (no measurement).
+    """
+
+    config: dict[str, Any]
+    software: dict[str, str]
+    created: str
+    inputs: list[str]
+    n_spectra: int
+    n_failed: int
+
+
+@dataclass
+class SpectrumArrays:
+    """Per-spectrum arrays on the common grid.
+
+    Attributes
+    ----------
+    loglam
+        Pixel centres, log10 Å, shape ``(P,)``.
+    flux_unit
+        Unit of the flux-like arrays.
+    arrays
+        Name → array ``(N, ...)``, row ``i`` belonging to results row ``i``.
+    """
+
+    loglam: np.ndarray
+    flux_unit: str
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class RunArchive:
+    """A run's results: the table, the run record and optional arrays."""
+
+    results: Table
+    run: RunInfo
+    arrays: SpectrumArrays | None = None
+
+    def check(self) -> None:
+        """Raise :class:`ArchiveError` if the parts disagree on the number of spectra."""
+        n = len(self.results)
+        if self.run.n_spectra != n:
+            raise ArchiveError(f"run record says {self.run.n_spectra} spectra, table has {n}")
+        if self.arrays is not None:
+            for name, array in self.arrays.arrays.items():
+                if array.shape[0] != n:
+                    raise ArchiveError(f"array {name!r} has {array.shape[0]} rows for {n}")
+
+    def tree(self) -> dict[str, Any]:
+        """The ASDF tree (without the optional parts that are absent)."""
+        tree: dict[str, Any] = {"results": self.results, "run": self.run}
+        if self.arrays is not None:
+            tree["arrays"] = self.arrays
+        return tree
+
+    def write(self, path: str | os.PathLike[str], overwrite: bool = False) -> Path:
+        """Validate and write the archive atomically; returns the path written.
+
+        Raises
+        ------
+        ArchiveError
+            If the file exists and ``overwrite`` is false, or the archive fails its schema.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise ArchiveError(f"{path}: exists (pass overwrite to replace it)")
+        self.check()
+        af = asdf.AsdfFile(self.tree(), custom_schema=ARCHIVE_SCHEMA_URI)
+        try:
+            af.validate()
+        except ValidationError as exc:
+            raise ArchiveError(f"{path}: archive fails its schema: {exc.message}") from exc
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            af.write_to(temporary)
+            os.replace(temporary, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                temporary.unlink()
+        return path
+
+    def summary(self) -> str:
+        """A few lines describing the archive (what ``gasnet info`` prints)."""
+        results, run = self.results, self.run
+        zwarn = np.asarray(results["ZWARN"]) if "ZWARN" in results.colnames else None
+        stages = [next(iter(stage)) for stage in run.config.get("stages", [])]
+        lines = [
+            f"spectra:   {run.n_spectra} from {len(run.inputs)} input file(s)",
+            f"failed:    {run.n_failed} (fatal ZWARN bit)",
+            f"created:   {run.created}",
+            f"stages:    {' -> '.join(stages)}",
+            "software:  " + ", ".join(f"{k} {v}" for k, v in sorted(run.software.items())),
+            f"columns:   {', '.join(results.colnames)}",
+        ]
+        if zwarn is not None:
+            lines.append(f"ZWARN=0:   {int(np.sum(zwarn == 0))} of {len(zwarn)}")
+        if "SPECTYPE" in results.colnames:
+            types, counts = np.unique(np.asarray(results["SPECTYPE"]), return_counts=True)
+            lines.append("SPECTYPE:  " + ", ".join(f"{t or '-'} {c}"
+                                                   for t, c in zip(types, counts, strict=True)))
+        if self.arrays is not None:
+            lines.append("arrays:    " + ", ".join(
+                f"{name} {array.shape}" for name, array in self.arrays.arrays.items()))
+        return "\n".join(lines)
+
+
+def count_failed(results: Table) -> int:
+    """Rows with a fatal ``ZWARN`` bit."""
+    return int(np.count_nonzero(np.asarray(results["ZWARN"]) & int(FATAL)))
+
+
+def read_archive(path: str | os.PathLike[str]) -> RunArchive:
+    """Read and validate a results archive (fully into memory).
+
+    Raises
+    ------
+    ArchiveError
+        If the file is missing, not ASDF, truncated, carries unknown or mismatched tags, or
+        fails the archive schema; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ArchiveError(f"{path}: no such file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AsdfWarning)
+            with asdf.open(path, custom_schema=ARCHIVE_SCHEMA_URI, lazy_load=False,
+                           memmap=False) as af:
+                af.validate()   # asdf 6 does not apply custom_schema on open by itself
+                results = Table(af["results"], copy=True)
+                run = af["run"]
+                arrays = af.tree.get("arrays")
+                if arrays is not None:
+                    arrays = SpectrumArrays(
+                        loglam=np.array(arrays.loglam), flux_unit=arrays.flux_unit,
+                        arrays={k: np.array(v) for k, v in arrays.arrays.items()})
+    except ValidationError as exc:
+        raise ArchiveError(f"{path}: not a valid gasnet results archive: {exc.message}") from exc
+    except AsdfWarning as exc:
+        raise ArchiveError(f"{path}: refused: {exc}") from exc
+    except Exception as exc:
+        raise ArchiveError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(run, RunInfo):
+        raise ArchiveError(f"{path}: 'run' is not a gasnet run record")
+    archive = RunArchive(results=results, run=run, arrays=arrays)
+    try:
+        archive.check()
+    except ArchiveError as exc:
+        raise ArchiveError(f"{path}: {exc}") from exc
+    return archive

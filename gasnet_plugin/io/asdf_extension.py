@@ -1,0 +1,66 @@
+"""The project's asdf extension: converters, and the manifest and schemas they use.
+
+Registered through the ``asdf.extensions`` and ``asdf.resource_mappings`` entry points
+(specutils' ``io/asdf`` is the model). One converter per type, each with ``to_yaml_tree``
+and ``from_yaml_tree`` only; tags carry a version wildcard. Nothing here unpickles: every
+value is YAML or an asdf ndarray.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from asdf.extension import Converter, ManifestExtension
+from asdf.resource import DirectoryResourceMapping
+
+URI_BASE = "asdf://gasnet-plugin.org/gasnet/"
+MANIFEST_URI = URI_BASE + "manifests/gasnet-1.0.0"
+ARCHIVE_SCHEMA_URI = URI_BASE + "schemas/results_archive-1.0.0"
+RESOURCES = Path(__file__).resolve().parent / "resources"
+
+
+class RunInfoConverter(Converter):
+    """:class:`~gasnet_plugin.io.archive.RunInfo` ↔ ``run_info`` tag."""
+
+    tags = (URI_BASE + "tags/run_info-*",)
+    types = ("gasnet_plugin.io.archive.RunInfo",)
+
+    def to_yaml_tree(self, obj: Any, tag: str, ctx: Any) -> dict[str, Any]:
+        return {"config": obj.config, "software": dict(obj.software), "created": obj.created,
+                "inputs": list(obj.inputs), "n_spectra": int(obj.n_spectra),
+                "n_failed": int(obj.n_failed)}
+
+    def from_yaml_tree(self, node: dict[str, Any], tag: str, ctx: Any) -> Any:
+        from gasnet_plugin.io.archive import RunInfo
+
+        return RunInfo(**node)
+
+
+class SpectrumArraysConverter(Converter):
+    """:class:`~gasnet_plugin.io.archive.SpectrumArrays` ↔ ``spectrum_arrays`` tag."""
+
+    tags = (URI_BASE + "tags/spectrum_arrays-*",)
+    types = ("gasnet_plugin.io.archive.SpectrumArrays",)
+
+    def to_yaml_tree(self, obj: Any, tag: str, ctx: Any) -> dict[str, Any]:
+        return {"loglam": obj.loglam, "flux_unit": obj.flux_unit, "arrays": dict(obj.arrays)}
+
+    def from_yaml_tree(self, node: dict[str, Any], tag: str, ctx: Any) -> Any:
+        from gasnet_plugin.io.archive import SpectrumArrays
+
+        return SpectrumArrays(**node)
+
+
+def get_extensions() -> list[ManifestExtension]:
+    """Entry point ``asdf.extensions``: the gasnet extension."""
+    return [ManifestExtension.from_uri(
+        MANIFEST_URI, converters=[RunInfoConverter(), SpectrumArraysConverter()])]
+
+
+def get_resource_mappings() -> list[DirectoryResourceMapping]:
+    """Entry point ``asdf.resource_mappings``: our schemas and manifests."""
+    return [
+        DirectoryResourceMapping(RESOURCES / "schemas", URI_BASE + "schemas/"),
+        DirectoryResourceMapping(RESOURCES / "manifests", URI_BASE + "manifests/"),
+    ]

@@ -1,0 +1,79 @@
+"""Reader for LAMOST DR1 1-D spectra, also registered as the specutils loader
+``"LAMOST DR1 1D"`` (specutils has none for LAMOST)::
+
+    Spectrum.read("spec-55862-B6212_sp06-003.fits", format="LAMOST DR1 1D")
+
+The primary image is 5 × N: flux, inverse variance, sub-continuum (flux normalised by
+the continuum), and-mask and or-mask. The wavelength grid is log-linear:
+``log10 λ = COEFF0 + i·COEFF1``. CLASS, SUBCLASS, Z and Z_ERR are header keywords. DR1
+fluxes are only relatively calibrated, so the flux unit is dimensionless.
+"""
+
+from __future__ import annotations
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+from specutils import Spectrum
+from specutils.io.parsing_utils import read_fileobj_or_hdulist
+from specutils.io.registers import data_loader
+
+from gasnet_plugin.io.labels import label_rows
+from gasnet_plugin.io.spectrum import build_spectrum
+
+LAMOST_FORMAT = "LAMOST DR1 1D"
+
+
+def is_lamost_dr1(hdul: fits.HDUList) -> bool:
+    """Whether ``hdul`` is a LAMOST 1-D spectrum with the 5-row primary image."""
+    header = hdul[0].header
+    return (str(header.get("TELESCOP", "")).strip().startswith("LAMOST")
+            and header.get("NAXIS") == 2 and header.get("NAXIS2", 0) >= 2
+            and "COEFF0" in header and "COEFF1" in header)
+
+
+def lamost_spectrum(hdul: fits.HDUList, source: str) -> Spectrum:
+    """The spectrum of a LAMOST DR1 file, with its header labels in ``meta["rows"]``."""
+    header = hdul[0].header
+    data = np.asarray(hdul[0].data, dtype=np.float32)
+    if data.ndim != 2 or data.shape[0] < 2:
+        raise ValueError(f"primary image has shape {data.shape}; expected 5 × N")
+    npix = data.shape[1]
+    loglam = header["COEFF0"] + header["COEFF1"] * np.arange(npix)
+    mask = data[3] != 0 if data.shape[0] > 3 else None
+    rows = label_rows(1, source, SURVEY="LAMOST", HDU=0, ROW=0,
+                      SURVEY_CLASS=header.get("CLASS", ""),
+                      SURVEY_SUBCLASS=header.get("SUBCLASS", ""),
+                      SURVEY_Z=header.get("Z", np.nan), SURVEY_ZERR=header.get("Z_ERR", np.nan))
+    return build_spectrum(10.0**loglam, data[0], data[1], mask, u.dimensionless_unscaled,
+                          rows, header=header)
+
+
+def _identify_lamost(origin, *args, **kwargs) -> bool:
+    try:
+        with read_fileobj_or_hdulist(*args, **kwargs) as hdul:
+            return is_lamost_dr1(hdul)
+    except Exception:
+        return False
+
+
+@data_loader(LAMOST_FORMAT, identifier=_identify_lamost, dtype=Spectrum,
+             extensions=["fits", "fit"], priority=10)
+def lamost_dr1_loader(file_obj, **kwargs) -> Spectrum:
+    """specutils loader for LAMOST DR1 1-D spectra (path, file object or HDUList)."""
+    source = file_obj if isinstance(file_obj, str) else getattr(file_obj, "name", "<hdulist>")
+    with read_fileobj_or_hdulist(file_obj, **kwargs) as hdul:
+        return lamost_spectrum(hdul, str(source))
+
+
+class LamostDR1Reader:
+    """LAMOST DR1 1-D spectra: one spectrum per file with its header labels."""
+
+    name = "lamost-dr1"
+    summary = "LAMOST DR1 1-D spec-*.fits (5 × N primary image, labels in the header)"
+
+    def identify(self, hdul: fits.HDUList) -> bool:
+        return is_lamost_dr1(hdul)
+
+    def read(self, hdul: fits.HDUList, source: str) -> list[Spectrum]:
+        return [lamost_spectrum(hdul, source)]

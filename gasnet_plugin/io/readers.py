@@ -1,0 +1,146 @@
+"""Spectrum readers: survey files into specutils :class:`~specutils.Spectrum` objects.
+
+A reader turns one open FITS file into a list of spectra. Each spectrum is 1-D ``(P,)`` or
+2-D ``(n, P)`` (``n`` spectra sharing one spectral axis), carries an
+:class:`~astropy.nddata.InverseVariance` uncertainty and a mask (``True`` = bad pixel), and
+has ``meta["rows"]``: the identifier and ``SURVEY_*`` label rows of
+:mod:`gasnet_plugin.io.labels`, one per spectrum.
+
+Built-in readers (in the order ``reader: auto`` tries them):
+
+============  ==================================================================
+name          files
+============  ==================================================================
+sdss-spec     SDSS/BOSS ``spec-PLATE-MJD-FIBER.fits`` (HDU1 coadd, HDU2 labels)
+desi-coadd    DESI ``coadd-*.fits`` (b, r, z arms joined on their common grid)
+lamost-dr1    LAMOST DR1 1-D spectra (also a specutils loader, "LAMOST DR1 1D")
+table         tabular FITS: rows of flux/ivar vectors on a shared grid
+============  ==================================================================
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+from astropy.io import fits
+
+from gasnet_plugin import hookimpl
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
+
+    from gasnet_plugin.host.registry import Registry
+
+
+class SpectrumReader(Protocol):
+    """What a reader provides (register instances with ``gasnet_register_readers``)."""
+
+    name: str
+    """Name a config's ``reader`` key refers to."""
+    summary: str
+    """One line saying which files the reader reads."""
+
+    def identify(self, hdul: fits.HDUList) -> bool:
+        """Whether this reader understands the open FITS file ``hdul``."""
+
+    def read(self, hdul: fits.HDUList, source: str) -> list[Spectrum]:
+        """The spectra in ``hdul``, each with ``meta["rows"]`` labels; ``source`` is its path.
+
+        Raise an exception with a clear message when the file cannot be read; the host
+        records it against the file and goes on.
+        """
+
+
+class UnreadableFileError(Exception):
+    """A file could not be read; the message names the file and what is wrong."""
+
+
+def pick_reader(hdul: fits.HDUList, source: str,
+                readers: Registry[SpectrumReader]) -> SpectrumReader:
+    """The first registered reader that identifies ``hdul``."""
+    for reader in readers:
+        try:
+            if reader.identify(hdul):
+                return reader
+        except Exception:  # a reader's identify must not decide for the others
+            continue
+    raise UnreadableFileError(
+        f"{source}: no registered reader identifies this file (tried: "
+        f"{', '.join(readers.names())})")
+
+
+def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
+                 readers: Registry[SpectrumReader] | None = None) -> list[Spectrum]:
+    """Read every spectrum of one file.
+
+    Parameters
+    ----------
+    path
+        The file (FITS, optionally gzipped).
+    reader
+        A registered reader name, or ``"auto"`` to identify the format.
+    readers
+        The reader registry; by default the one of a fresh
+        :class:`~gasnet_plugin.host.plugins.PluginHost`.
+
+    Returns
+    -------
+    list of Spectrum
+        Each with ``meta["rows"]`` (see the module docstring).
+
+    Raises
+    ------
+    UnreadableFileError
+        When the file is missing, not FITS, of no known format, or malformed; the message
+        starts with the path.
+    """
+    if readers is None:
+        from gasnet_plugin.host.plugins import PluginHost
+
+        readers = PluginHost().readers
+    source = str(path)
+    if not Path(source).is_file():
+        raise UnreadableFileError(f"{source}: no such file")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with fits.open(source, memmap=False) as hdul:
+                if reader == "auto":
+                    chosen = pick_reader(hdul, source, readers)
+                else:
+                    chosen = readers.get(reader)
+                    if not chosen.identify(hdul):
+                        raise UnreadableFileError(
+                            f"{source}: not a {reader!r} file ({chosen.summary}); "
+                            f"use reader: auto to identify the format")
+                spectra = chosen.read(hdul, source)
+        _refuse_truncated(source, caught)
+        return spectra
+    except UnreadableFileError:
+        raise
+    except OSError as exc:
+        raise UnreadableFileError(f"{source}: not a readable FITS file: {exc}") from exc
+    except Exception as exc:
+        _refuse_truncated(source, caught)
+        raise UnreadableFileError(f"{source}: {type(exc).__name__}: {exc}") from exc
+
+
+def _refuse_truncated(source: str, caught: list[warnings.WarningMessage]) -> None:
+    """Raise if astropy warned that the file is shorter than its headers say."""
+    for warning in caught:
+        if "truncated" in str(warning.message):
+            raise UnreadableFileError(f"{source}: file is truncated ({warning.message})")
+
+
+@hookimpl
+def gasnet_register_readers(registry: Registry[SpectrumReader]) -> None:
+    from gasnet_plugin.io.desi import DesiCoaddReader
+    from gasnet_plugin.io.lamost import LamostDR1Reader
+    from gasnet_plugin.io.sdss import SdssSpecReader
+    from gasnet_plugin.io.tabular import TabularReader
+
+    for reader in (SdssSpecReader(), DesiCoaddReader(), LamostDR1Reader(), TabularReader()):
+        registry.add(reader)

@@ -1,0 +1,82 @@
+"""Building the :class:`~specutils.Spectrum` objects that readers return."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import astropy.units as u
+import numpy as np
+from astropy.io import fits
+from astropy.nddata import InverseVariance
+from astropy.table import Table
+from specutils import Spectrum
+
+SDSS_FLUX_UNIT = u.Unit("1e-17 erg / (s cm2 Angstrom)")
+"""Flux density unit of SDSS, BOSS and DESI spectra."""
+
+
+def find_column(hdu: fits.BinTableHDU, name: str) -> fits.Column | None:
+    """The column of ``hdu`` called ``name``, whatever its case; ``None`` if absent."""
+    for column in hdu.columns:
+        if column.name.lower() == name.lower():
+            return column
+    return None
+
+
+def parse_flux_unit(text: str | None, default: u.UnitBase) -> u.UnitBase:
+    """A flux unit from a FITS ``BUNIT``/``TUNIT`` string, ``default`` if absent.
+
+    Survey spellings are repaired first: ``Ang`` → ``Angstrom``, ``cm^2`` → ``cm2``.
+
+    Raises
+    ------
+    ValueError
+        When the string is present but not a unit.
+    """
+    if text is None or not str(text).strip():
+        return default
+    text = str(text).strip().replace("^", "")
+    if "Ang" in text and "Angstrom" not in text:
+        text = text.replace("Ang", "Angstrom")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", u.UnitsWarning)
+        try:
+            return u.Unit(text, format="fits")
+        except ValueError:
+            return u.Unit(text)
+
+
+def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                   mask: np.ndarray | None, flux_unit: u.UnitBase, rows: Table,
+                   **meta: Any) -> Spectrum:
+    """A Spectrum with an inverse-variance uncertainty, a mask and its label rows.
+
+    Parameters
+    ----------
+    wavelength
+        Pixel centres, Å (vacuum or air as the survey gives them), shape ``(P,)``.
+    flux
+        Flux density in ``flux_unit``, shape ``(P,)`` or ``(n, P)``.
+    ivar
+        Inverse variance of ``flux``, in ``flux_unit**-2``, same shape as ``flux``.
+    mask
+        ``True`` where a pixel is bad, same shape as ``flux``; ``None`` for no mask.
+    flux_unit
+        Unit of ``flux``.
+    rows
+        Label rows (:func:`gasnet_plugin.io.labels.label_rows`), one per spectrum.
+    **meta
+        Further ``meta`` entries (e.g. the primary ``header``).
+    """
+    flux = np.asarray(flux)
+    n_spectra = 1 if flux.ndim == 1 else flux.shape[0]
+    if len(rows) != n_spectra:
+        raise ValueError(f"{len(rows)} label rows for {n_spectra} spectra")
+    return Spectrum(
+        flux=flux * flux_unit,
+        spectral_axis=np.asarray(wavelength, dtype=np.float64) * u.AA,
+        uncertainty=InverseVariance(np.asarray(ivar), unit=flux_unit**-2),
+        mask=None if mask is None else np.asarray(mask, dtype=bool),
+        meta={"rows": rows, **meta},
+    )

@@ -1,0 +1,419 @@
+"""The resample stage: every spectrum of a batch onto one common log10-λ grid.
+
+Resampling is flux-conserving: each output pixel is the exact overlap-weighted mean of
+the flux densities of the input pixels it covers (bin-overlap integration of a piecewise
+constant flux density, in Å, as specutils' ``FluxConservingResampler`` does). Inverse
+variance is propagated exactly for independent input pixels:
+``var_out = Σ p_i² var_i / (Σ p_i)²`` with ``p_i`` the overlap in Å.
+
+Masks are carried: input pixels that are masked, have ``ivar <= 0`` or non-finite values
+take no part, the mean runs over the valid overlap only, and an output pixel with no valid
+input gets flux 0 and ivar 0. Input pixel edges are the midpoints between pixel centres
+(the outer edges half a spacing out), as specutils defines them; output pixel ``j`` spans
+``10**(loglam_j ± dloglam/2)`` Å.
+
+The whole batch is resampled at once: the ragged input spectra are padded into ``(N, M)``
+arrays and one compiled kernel (numba) walks each row's input and output edges together,
+O(M + P) per spectrum, with no Python loop per spectrum or per pixel.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import astropy.units as u
+import numba
+import numpy as np
+from astropy.nddata import InverseVariance
+
+from gasnet_plugin import hookimpl
+from gasnet_plugin.stages.base import Stage
+from gasnet_plugin.zwarning import ZWarn
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
+
+    from gasnet_plugin.host.batch import SpectrumBatch
+    from gasnet_plugin.host.registry import Registry
+
+
+def loglam_grid(wavelength_min: float, wavelength_max: float, dloglam: float) -> np.ndarray:
+    """Pixel centres of the common grid, log10 Å, shape ``(P,)``.
+
+    The first and last centres are ``log10(wavelength_min)`` and ``log10(wavelength_max)``
+    rounded to whole multiples of ``dloglam``, so that spectra already on such a grid (SDSS,
+    LAMOST) map onto it pixel for pixel. The default 3600–9200 Å at 1e-4 dex gives 4076
+    pixels from 3.5563 to 3.9638.
+    """
+    first = round(np.log10(wavelength_min) / dloglam)
+    last = round(np.log10(wavelength_max) / dloglam)
+    return np.arange(first, last + 1, dtype=np.float64) * dloglam
+
+
+def pixel_edges(centers: np.ndarray) -> np.ndarray:
+    """Pixel edges from pixel centres along the last axis, ``(..., M)`` → ``(..., M + 1)``.
+
+    Interior edges are midpoints between neighbouring centres; the outer edges lie half a
+    spacing beyond the outer centres (specutils' ``SpectralAxis.bin_edges`` rule).
+    """
+    centers = np.asarray(centers, dtype=np.float64)
+    first = 1.5 * centers[..., :1] - 0.5 * centers[..., 1:2]
+    last = 1.5 * centers[..., -1:] - 0.5 * centers[..., -2:-1]
+    middle = 0.5 * (centers[..., 1:] + centers[..., :-1])
+    return np.concatenate([first, middle, last], axis=-1)
+
+
+@numba.njit(cache=True, nogil=True)
+def _rebin_rows(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarray, dropped: np.ndarray,
+                n_pixels: np.ndarray, out_edges: np.ndarray, flux_out: np.ndarray,
+                ivar_out: np.ndarray, n_broken: np.ndarray, n_valid: np.ndarray,
+                ) -> None:  # pragma: no cover - compiled
+    """Compiled kernel of :func:`rebin_flux_conserving`: per row, the input edges (the
+    :func:`pixel_edges` rule) and valid pixels, then one merge walk over the sorted input
+    and output edges, O(M + P)."""
+    n_rows = centers.shape[0]
+    n_out = out_edges.shape[0] - 1
+    valid = np.empty(flux.shape[1], dtype=np.bool_)
+    edges = np.empty(flux.shape[1] + 1)
+    for r in range(n_rows):
+        m = n_pixels[r]
+        if m < 2:                       # no data (callers refuse single-pixel spectra)
+            n_broken[r] = 0
+            n_valid[r] = 0
+            flux_out[r, :] = 0.0
+            ivar_out[r, :] = 0.0
+            continue
+        increasing = True
+        for i in range(1, m):
+            if not centers[r, i] > centers[r, i - 1]:      # also catches NaN
+                increasing = False
+                break
+        if not increasing or not np.isfinite(centers[r, 0]) \
+                or not np.isfinite(centers[r, m - 1]):
+            n_broken[r] = 0
+            n_valid[r] = -1             # the caller flags the row BAD_INPUT
+            flux_out[r, :] = 0.0
+            ivar_out[r, :] = 0.0
+            continue
+        if m >= 2:
+            edges[0] = 1.5 * centers[r, 0] - 0.5 * centers[r, 1]
+            for i in range(1, m):
+                edges[i] = 0.5 * (centers[r, i - 1] + centers[r, i])
+            edges[m] = 1.5 * centers[r, m - 1] - 0.5 * centers[r, m - 2]
+        broken = 0
+        good = 0
+        for i in range(m):
+            f = flux[r, i]
+            w = ivar[r, i]
+            finite = np.isfinite(f) and np.isfinite(w)
+            if not finite or w < 0.0:
+                broken += 1
+            valid[i] = finite and w > 0.0 and not dropped[r, i] \
+                and edges[i + 1] > edges[i]
+            good += valid[i]
+        n_broken[r] = broken
+        n_valid[r] = good
+        flux_out[r, :] = 0.0
+        ivar_out[r, :] = 0.0
+        if good == 0:
+            continue
+        first = edges[0]
+        last = edges[m]
+        k = 0
+        for j in range(n_out):
+            lo = max(out_edges[j], first)
+            hi = min(out_edges[j + 1], last)
+            if hi <= lo:
+                continue
+            while k < m - 1 and edges[k + 1] <= lo:
+                k += 1
+            flux_sum = 0.0
+            length = 0.0
+            variance = 0.0
+            kk = k
+            while kk < m and edges[kk] < hi:
+                if valid[kk]:
+                    overlap = min(hi, edges[kk + 1]) - max(lo, edges[kk])
+                    if overlap > 0.0:
+                        flux_sum += np.float64(flux[r, kk]) * overlap
+                        length += overlap
+                        variance += overlap * overlap / np.float64(ivar[r, kk])
+                kk += 1
+            if length > 0.0 and variance > 0.0:
+                flux_out[r, j] = flux_sum / length
+                ivar_out[r, j] = length * length / variance
+
+
+@numba.njit(cache=True, nogil=True)
+def median_snr(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Per row, the median of ``flux * sqrt(ivar)`` over pixels with ``ivar > 0``; NaN
+    for a row with none. ``flux``, ``ivar``: ``(N, P)``; returns ``(N,)`` float32."""
+    n_rows, n_pixels = flux.shape
+    out = np.full(n_rows, np.nan, dtype=np.float32)
+    values = np.empty(n_pixels, dtype=np.float32)
+    for r in range(n_rows):
+        n = 0
+        for j in range(n_pixels):
+            if ivar[r, j] > 0:
+                values[n] = flux[r, j] * np.sqrt(ivar[r, j])
+                n += 1
+        if n > 0:
+            out[r] = np.median(values[:n])
+    return out
+
+
+def rebin_flux_conserving(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
+                          n_pixels: np.ndarray, out_edges: np.ndarray,
+                          dropped: np.ndarray | None = None,
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Flux-conserving rebinning of a padded batch of spectra onto one output grid.
+
+    Output pixel ``j`` of row ``r`` is ``Σ p_i f_i / Σ p_i`` over the valid input pixels
+    ``i`` it overlaps by ``p_i`` Å, with inverse variance ``(Σ p_i)² / Σ (p_i² / ivar_i)``.
+    A pixel is valid when its flux and ivar are finite, ``ivar > 0`` and it is not
+    ``dropped``. The work is one compiled pass per row (numba) over the two sorted edge
+    lists, O(M + P) per spectrum, with no Python loop per spectrum or pixel.
+
+    Parameters
+    ----------
+    centers
+        Input pixel centres, Å, shape ``(N, M)``, strictly increasing along each row. Row
+        ``r`` has ``n_pixels[r]`` real pixels; the rest is padding and never read. Pixel
+        edges follow :func:`pixel_edges`.
+    flux
+        Flux densities (per Å), shape ``(N, M)``.
+    ivar
+        Inverse variances of ``flux``, shape ``(N, M)``.
+    n_pixels
+        Number of real pixels per row, shape ``(N,)``; 0 (or 1) for a row with no data.
+    out_edges
+        Output pixel edges, Å, shape ``(P + 1,)``, increasing.
+    dropped
+        Pixels to leave out whatever their values (a survey mask), shape ``(N, M)``.
+
+    Returns
+    -------
+    flux_out, ivar_out
+        Shape ``(N, P)``, float64. Both are 0 where no valid input overlaps an output pixel.
+    n_broken
+        Per row, real pixels with non-finite flux or ivar, or negative ivar, ``(N,)``.
+    n_valid
+        Per row, valid input pixels, ``(N,)``; -1 where the centres of a row are not
+        finite and strictly increasing (that row is left at 0).
+    """
+    n_rows, width = flux.shape
+    n_out = out_edges.size - 1
+    flux_out = np.empty((n_rows, n_out))
+    ivar_out = np.empty((n_rows, n_out))
+    n_broken = np.empty(n_rows, dtype=np.int64)
+    n_valid = np.empty(n_rows, dtype=np.int64)
+    if dropped is None:
+        dropped = np.zeros((n_rows, width), dtype=np.bool_)
+    dtype = np.float32 if flux.dtype == ivar.dtype == np.float32 else np.float64
+    _rebin_rows(np.ascontiguousarray(centers, dtype=np.float64),
+                np.ascontiguousarray(flux, dtype=dtype),
+                np.ascontiguousarray(ivar, dtype=dtype),
+                np.ascontiguousarray(dropped, dtype=np.bool_),
+                np.ascontiguousarray(n_pixels, dtype=np.int64),
+                np.ascontiguousarray(out_edges, dtype=np.float64),
+                flux_out, ivar_out, n_broken, n_valid)
+    return flux_out, ivar_out, n_broken, n_valid
+
+
+def _inverse_variance(spectrum: Spectrum) -> np.ndarray | None:
+    uncertainty = spectrum.uncertainty
+    if uncertainty is None:
+        return None
+    if not isinstance(uncertainty, InverseVariance):
+        uncertainty = uncertainty.represent_as(InverseVariance)
+    array = np.asarray(uncertainty.array)
+    return array if array.dtype.kind == "f" else array.astype(np.float64)
+
+
+class ResampleStage(Stage):
+    """Resample every spectrum onto the common log10-λ grid (flux-conserving)."""
+
+    name = "resample"
+    summary = "flux-conserving resampling onto the common log10-λ grid, ivar and mask carried"
+    parameters: ClassVar[dict[str, dict[str, Any]]] = {
+        "wavelength_min": {"type": "number", "exclusiveMinimum": 0, "default": 3600.0,
+                           "description": "first pixel centre of the grid, Å (snapped to a "
+                                          "multiple of dloglam in log10)"},
+        "wavelength_max": {"type": "number", "exclusiveMinimum": 0, "default": 9200.0,
+                           "description": "last pixel centre of the grid, Å"},
+        "dloglam": {"type": "number", "exclusiveMinimum": 0, "default": 1.0e-4,
+                    "description": "pixel width, log10 Å (dex)"},
+        "use_mask": {"type": "boolean", "default": True,
+                     "description": "drop input pixels flagged in the spectrum's mask "
+                                    "(SDSS: and_mask != 0)"},
+    }
+    arrays: ClassVar[dict[str, str]] = {
+        "flux": "flux on the common grid, (N, P), the batch's flux unit",
+        "ivar": "inverse variance on the common grid, (N, P); 0 = no data",
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        if self.params["wavelength_max"] <= self.params["wavelength_min"]:
+            from gasnet_plugin.host.config import ConfigError
+
+            raise ConfigError("stage 'resample': wavelength_max must exceed wavelength_min")
+
+    @property
+    def loglam(self) -> np.ndarray:
+        """Pixel centres of the output grid, log10 Å, shape ``(P,)``."""
+        return loglam_grid(self.params["wavelength_min"], self.params["wavelength_max"],
+                           self.params["dloglam"])
+
+    def process(self, batch: SpectrumBatch) -> None:
+        from specutils import Spectrum
+
+        loglam = self.loglam
+        half = self.params["dloglam"] / 2
+        out_edges = 10.0 ** np.concatenate([loglam - half, loglam[-1:] + half])
+        n_rows = len(batch)
+
+        accepted = self._accepted_blocks(batch)
+        flux_unit = self._common_unit([block for block, *_ in accepted])
+        width = max([wave.size for _, _, wave, _ in accepted], default=1)
+        # padded inputs; only each row's first n_pixels (+1 edges) are ever read
+        centers = np.empty((n_rows, width))
+        # float32 when every input is (survey files are), so the copy stays cheap; the
+        # kernel accumulates in float64 either way
+        dtype = np.result_type(np.float32, *[b.spectrum.data.dtype for b, *_ in accepted],
+                               *[iv.dtype for *_, iv in accepted])
+        flux = np.empty((n_rows, width), dtype=dtype)
+        ivar = np.empty((n_rows, width), dtype=dtype)
+        dropped = np.empty((n_rows, width), dtype=bool)
+        n_pixels = np.zeros(n_rows, dtype=np.int64)
+        units = np.full(n_rows, "", dtype=object)
+        unit_names: dict[u.UnitBase, str] = {}
+        unit_scales: dict[u.UnitBase, float] = {}
+        for block, start, wave, block_ivar in accepted:
+            n, m = len(block), wave.size
+            rows = slice(start, start + n)
+            spectrum = block.spectrum
+            if spectrum.unit not in unit_names:      # dict lookup: units hash quickly
+                unit_names[spectrum.unit] = spectrum.unit.to_string()
+                unit_scales[spectrum.unit] = _unit_scale(spectrum.unit, flux_unit)
+            scale = unit_scales[spectrum.unit]
+            centers[rows, :m] = wave
+            flux[rows, :m] = np.reshape(spectrum.data, (n, m))
+            ivar[rows, :m] = block_ivar.reshape(n, m)
+            if scale != 1.0:
+                flux[rows, :m] *= scale
+                ivar[rows, :m] /= scale**2
+            if self.params["use_mask"] and spectrum.mask is not None:
+                dropped[rows, :m] = np.reshape(spectrum.mask, (n, m))
+            else:
+                dropped[rows, :m] = False
+            n_pixels[rows] = m
+            units[rows] = unit_names[spectrum.unit]
+        has_row_data = n_pixels > 0
+        n_pixels[~batch.usable] = 0          # rows flagged fatal earlier are not resampled
+
+        flux_out, ivar_out, n_broken, n_valid = rebin_flux_conserving(
+            centers, flux, ivar, n_pixels, out_edges, dropped)
+        batch.flag(n_valid < 0, ZWarn.BAD_INPUT,
+                   "wavelengths are not finite and strictly increasing")
+        batch.flag(n_broken > 0, ZWarn.BAD_PIXELS,
+                   [f"{n} pixel(s) with non-finite flux or ivar, or negative ivar, were masked"
+                    for n in n_broken[n_broken > 0]])
+
+        usable_rows = has_row_data & batch.usable
+        npix_valid = (ivar_out > 0).sum(axis=1)
+        no_input = usable_rows & (n_valid == 0)
+        no_overlap = usable_rows & (n_valid > 0) & (npix_valid == 0)
+        batch.flag(no_input, ZWarn.NODATA, "no valid input pixel (all masked or ivar <= 0)")
+        batch.flag(no_overlap, ZWarn.NODATA,
+                   f"no valid pixel within the grid {10**loglam[0]:.0f}-{10**loglam[-1]:.0f} Å")
+
+        flux32 = flux_out.astype(np.float32)
+        ivar32 = ivar_out.astype(np.float32)
+        snr_median = median_snr(flux32, ivar32)
+
+        batch.rows["FLUX_UNIT"] = units.astype(str)
+        batch.rows["FLUX_UNIT"].description = "flux unit of the input spectrum"
+        batch.rows["NPIX_VALID"] = npix_valid.astype(np.int32)
+        batch.rows["NPIX_VALID"].description = "pixels with ivar > 0 on the common grid"
+        batch.rows["SNR_MEDIAN"] = snr_median
+        batch.rows["SNR_MEDIAN"].description = "median flux·sqrt(ivar) over valid grid pixels"
+
+        batch.arrays["flux"] = flux32
+        batch.arrays["ivar"] = ivar32
+        batch.spectrum = Spectrum(
+            flux=u.Quantity(flux32, flux_unit, copy=False),
+            spectral_axis=10.0**loglam * u.AA,
+            uncertainty=InverseVariance(ivar32, unit=flux_unit**-2),
+            mask=ivar32 == 0,
+            meta={"rows": batch.rows, "loglam": loglam},
+        )
+
+    def _accepted_blocks(self, batch: SpectrumBatch,
+                         ) -> list[tuple[Any, int, np.ndarray, np.ndarray]]:
+        """Blocks whose arrays can be resampled, as ``(block, first row, λ in Å, ivar)``;
+        the others are flagged BAD_INPUT with the reason."""
+        accepted = []
+        for block, start in zip(batch.blocks, batch.block_starts(), strict=True):
+            rows = np.arange(start, start + len(block))
+            if block.spectrum is None:
+                continue
+            reason, wave, ivar = _check_block(block.spectrum)
+            if reason is not None:
+                batch.flag(rows, ZWarn.BAD_INPUT, reason)
+                continue
+            accepted.append((block, int(start), wave, ivar))
+        return accepted
+
+    @staticmethod
+    def _common_unit(blocks: list[Any]) -> u.UnitBase:
+        """The first block's flux unit if every block's converts to it, else dimensionless."""
+        if not blocks:
+            return u.dimensionless_unscaled
+        first = blocks[0].spectrum.unit
+        if all(block.spectrum.unit == first or block.spectrum.unit.is_equivalent(first)
+               for block in blocks):
+            return first
+        return u.dimensionless_unscaled
+
+
+def _unit_scale(unit: u.UnitBase, target: u.UnitBase) -> float:
+    """Factor taking values in ``unit`` to ``target``; 1 when they are not equivalent (the
+    batch is then dimensionless and ``FLUX_UNIT`` says what each row's numbers are)."""
+    if unit == target:
+        return 1.0
+    return unit.to(target) if unit.is_equivalent(target) else 1.0
+
+
+def _check_block(spectrum: Spectrum) -> tuple[str | None, np.ndarray, np.ndarray]:
+    """Why a spectrum cannot be resampled (or ``None``), its wavelengths (Å) and ivar."""
+    empty = np.zeros(0)
+    axis = spectrum.spectral_axis
+    try:
+        wave = axis.value if axis.unit == u.AA \
+            else axis.to_value(u.AA, equivalencies=u.spectral())
+    except u.UnitConversionError:
+        return (f"spectral axis in {spectrum.spectral_axis.unit} is not a wavelength",
+                empty, empty)
+    wave = np.asarray(wave, dtype=np.float64)
+    if wave.size < 2:
+        return f"{wave.size} pixel(s); at least 2 are needed", empty, empty
+    # finite, strictly increasing wavelengths are checked by the kernel (n_valid = -1)
+    shape = spectrum.data.shape
+    if shape[-1] != wave.size:
+        return (f"flux has {shape[-1]} pixels but the spectral axis "
+                f"{wave.size}"), empty, empty
+    ivar = _inverse_variance(spectrum)
+    if ivar is None:
+        return "no inverse-variance (or other) uncertainty", empty, empty
+    if ivar.shape != shape:
+        return f"uncertainty shape {ivar.shape} differs from flux {shape}", \
+            empty, empty
+    if spectrum.mask is not None and np.shape(spectrum.mask) != shape:
+        return f"mask shape {np.shape(spectrum.mask)} differs from flux", empty, empty
+    return None, wave, ivar
+
+
+@hookimpl
+def gasnet_register_stages(registry: Registry[type[Stage]]) -> None:
+    registry.add(ResampleStage)

@@ -1,0 +1,44 @@
+"""The ZWARN bitmask: one bit per reason not to trust a row of the results table.
+
+``ZWARN == 0`` means "trust it". Every set bit has a human-readable reason in the
+``ZWARN_REASON`` column (reasons of several bits are joined with ``"; "``). The bits are
+defined here once; the table below is the documentation (Redrock's ``zwarning`` is the model).
+
+===  ==================  =============================================================
+bit  name                meaning
+===  ==================  =============================================================
+0    BAD_INPUT           the file or the spectrum could not be used at all: unreadable
+                         file, malformed arrays, no uncertainty, wavelengths not strictly
+                         increasing, a spectral axis that is not a wavelength
+1    NODATA              no valid pixel on the common grid (all masked, zero inverse
+                         variance, or no overlap with the grid)
+2    BAD_PIXELS          some input pixels had non-finite flux or inverse variance, or a
+                         negative inverse variance; they were masked and the rest used
+3    STAGE_FAILED        a stage raised an error on this spectrum; its reason is recorded
+                         and the spectrum gets no further results
+===  ==================  =============================================================
+
+Rows with a *fatal* bit (:data:`FATAL`) carry no measurement; the other bits are warnings.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ZWarn(enum.IntFlag):
+    """Bits of the ``ZWARN`` column (see the module docstring for their meaning)."""
+
+    BAD_INPUT = 1 << 0
+    NODATA = 1 << 1
+    BAD_PIXELS = 1 << 2
+    STAGE_FAILED = 1 << 3
+
+
+FATAL = ZWarn.BAD_INPUT | ZWarn.NODATA | ZWarn.STAGE_FAILED
+"""Bits after which a row carries no measurement."""
+
+
+def describe(zwarn: int) -> list[str]:
+    """Names of the bits set in ``zwarn``, lowest bit first."""
+    return [bit.name for bit in ZWarn if zwarn & bit]

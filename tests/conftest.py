@@ -1,0 +1,35 @@
+"""Shared fixtures: the real spectra in tests/data (no ../shared needed)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+DATA = Path(__file__).resolve().parent / "data"
+REPO = DATA.parent.parent
+SHARED = REPO.parent / "shared" / "data"
+
+SDSS_FILES = sorted(DATA.glob("spec-[0-9]*-[0-9]*-[0-9]*.fits"))
+LAMOST_FILES = sorted(DATA.glob("spec-*_sp*.fits"))
+DESI_FILE = DATA / "desi-coadd-2targets.fits"
+
+
+@pytest.fixture
+def sdss_folder_with_corrupt_file(tmp_path: Path) -> Path:
+    """A folder of the SDSS fixtures plus one truncated copy (``spec-corrupt.fits``)."""
+    folder = tmp_path / "sdss"
+    folder.mkdir()
+    for path in SDSS_FILES:
+        shutil.copy(path, folder / path.name)
+    (folder / "spec-corrupt.fits").write_bytes(SDSS_FILES[0].read_bytes()[:30000])
+    return folder
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data`` where this checkout has it; the test is skipped elsewhere."""
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data is not available")
+    return SHARED
