@@ -129,5 +129,29 @@ def info(archive: Path) -> None:
     click.echo(loaded.summary())
 
 
+@main.command("import-gasnet3")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file (ASDF) to write.")
+@click.option("--name", default=None, help="Model name (default: the checkpoints' stem).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def import_gasnet3_command(directory: Path, output: Path, name: str | None,
+                           overwrite: bool) -> None:
+    """Convert GaSNet-III checkpoints in DIRECTORY (.pth + .json per class) to a model file."""
+    from gasnet_plugin.io.model_file import write_model
+    from gasnet_plugin.models.eigen_model import ModelError
+    from gasnet_plugin.models.import_gasnet3 import import_gasnet3
+
+    try:
+        model = import_gasnet3(directory, name=name)
+        write_model(model, output, overwrite=overwrite)
+    except ModelError as exc:
+        _fail(str(exc))
+    classes = ", ".join(f"{t.name} (K={t.n_eigen}, z {t.z_min:g}..{t.z_max:g})"
+                        for t in model.templates)
+    click.echo(f"wrote {output}: model {model.name!r}, {model.obs_loglam.size} pixels; "
+               f"{classes}", err=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -24,9 +24,10 @@ import pluggy
 from gasnet_plugin import PROJECT_NAME
 
 if TYPE_CHECKING:
+    from gasnet_plugin.engines.protocol import RedshiftEngine
     from gasnet_plugin.host.registry import Registry
     from gasnet_plugin.io.readers import SpectrumReader
-    from gasnet_plugin.stages.base import RedshiftEngine, Stage
+    from gasnet_plugin.stages.base import Stage
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 
@@ -59,7 +60,7 @@ def gasnet_register_engines(registry: Registry[type[RedshiftEngine]]) -> None:
     Called once per plugin manager, before configs are validated. Call
     ``registry.add(EngineClass)``; the class's ``name`` is the value of the redshift-scan
     stage's ``engine`` parameter. Engines follow the
-    :class:`~gasnet_plugin.stages.base.RedshiftEngine` protocol.
+    :class:`~gasnet_plugin.engines.protocol.RedshiftEngine` protocol.
 
     :param registry: the engine registry.
     :return: nothing; the registry is filled in place.

@@ -16,6 +16,15 @@ bit  name                meaning
                          negative inverse variance; they were masked and the rest used
 3    STAGE_FAILED        a stage raised an error on this spectrum; its reason is recorded
                          and the spectrum gets no further results
+4    SMALL_DELTA_CHI2    the best redshift solution beats the best one more than
+                         1000 km/s away by less than the threshold (Δχ² < 9 by default):
+                         the redshift is ambiguous
+5    Z_AT_EDGE           the best redshift lies on the edge of its class's z range: the
+                         true redshift may be outside it
+6    BAD_FIT             the χ² minimum could not be refined (no positive curvature, or
+                         a singular coefficient fit): Z is on the pixel grid, ZERR is NaN
+7    LITTLE_DATA         fewer valid pixels than the engine needs for a trustworthy fit
+                         (continuum polynomial + K eigenspectra, times a margin)
 ===  ==================  =============================================================
 
 Rows with a *fatal* bit (:data:`FATAL`) carry no measurement; the other bits are warnings.
@@ -33,6 +42,10 @@ class ZWarn(enum.IntFlag):
     NODATA = 1 << 1
     BAD_PIXELS = 1 << 2
     STAGE_FAILED = 1 << 3
+    SMALL_DELTA_CHI2 = 1 << 4
+    Z_AT_EDGE = 1 << 5
+    BAD_FIT = 1 << 6
+    LITTLE_DATA = 1 << 7
 
 
 FATAL = ZWarn.BAD_INPUT | ZWarn.NODATA | ZWarn.STAGE_FAILED

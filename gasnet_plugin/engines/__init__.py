@@ -1,1 +1,1 @@
-"""Redshift engines for the redshift-scan stage, registered through ``gasnet_register_engines``."""
+"""Redshift engines: swappable parts of the redshift-scan stage (see ``protocol``)."""

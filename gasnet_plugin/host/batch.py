@@ -95,12 +95,20 @@ class SpectrumBatch:
         Per-spectrum arrays stages offer for the archive, each ``(N, ...)``.
     reasons
         Per spectrum, the reasons of the ``ZWARN`` bits set so far.
+    products
+        What a stage leaves for later stages and is not archived as such (the redshift-scan
+        stage's fit, for reconstruct), by name.
+    array_axes
+        Per archived array, what its trailing axes mean (e.g. the class names and redshifts
+        of the χ² curves).
     """
 
     blocks: list[InputBlock]
     rows: Table = field(init=False)
     spectrum: Spectrum | None = None
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    products: dict[str, Any] = field(default_factory=dict)
+    array_axes: dict[str, dict[str, Any]] = field(default_factory=dict)
     reasons: list[list[str]] = field(init=False)
 
     def __post_init__(self) -> None:

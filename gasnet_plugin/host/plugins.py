@@ -15,8 +15,9 @@ from gasnet_plugin.host.config import ConfigError
 from gasnet_plugin.host.registry import Registry
 
 if TYPE_CHECKING:
+    from gasnet_plugin.engines.protocol import RedshiftEngine
     from gasnet_plugin.io.readers import SpectrumReader
-    from gasnet_plugin.stages.base import RedshiftEngine, Stage
+    from gasnet_plugin.stages.base import Stage
 
 BLOCK_ENV_VAR = "GASNET_BLOCK_PLUGINS"
 """Environment variable: comma-separated plugin names not to load."""
@@ -24,6 +25,9 @@ BLOCK_ENV_VAR = "GASNET_BLOCK_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "gasnet_plugin.io.readers",
     "gasnet_plugin.stages.resample",
+    "gasnet_plugin.stages.redshift_scan",
+    "gasnet_plugin.stages.reconstruct",
+    "gasnet_plugin.engines.gasnet3",
 )
 """Modules of the built-in plugins, registered as ``builtin.<last module name>``."""
 

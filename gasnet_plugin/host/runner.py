@@ -137,9 +137,14 @@ class Pipeline:
     def _build_stage(self, index: int, name: str, params: dict[str, Any]) -> Stage:
         stage_class = self._resolve(lambda: self.plugins.stages.get(name), f"stages[{index}]")
         try:
-            return stage_class(**params)
+            stage = stage_class(**params)
+            stage.bind(self.plugins)
         except ConfigError as exc:
             raise ConfigError(f"{self.config.source}: stages[{index}]: {exc}") from None
+        except LookupError as exc:
+            raise ConfigError(f"{self.config.source}: stages[{index}] ({name}): "
+                              f"{exc.args[0]}") from None
+        return stage
 
     def setup(self) -> None:
         """Let every stage prepare (load models) once; called by the first run."""
@@ -245,8 +250,12 @@ class Pipeline:
                            if b.spectrum is not None), np.zeros(0))
             unit = next((b.spectrum.flux.unit.to_string() for b in batches
                          if b.spectrum is not None), "")
+            axes = {}
+            for batch in batches:
+                axes.update(batch.array_axes)
             arrays = SpectrumArrays(loglam=np.asarray(loglam), flux_unit=unit,
-                                    arrays=merge_arrays(batches, names))
+                                    arrays=merge_arrays(batches, names),
+                                    axes={k: v for k, v in axes.items() if k in names})
         run = RunInfo(
             config=self.config.as_dict(),
             software=software_versions(self.plugins),

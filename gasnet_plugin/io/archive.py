@@ -73,11 +73,15 @@ class SpectrumArrays:
         Unit of the flux-like arrays.
     arrays
         Name → array ``(N, ...)``, row ``i`` belonging to results row ``i``.
+    axes
+        Name → what the array's trailing axes mean where they are not the grid
+        (``chi2_curves``: ``classes`` and ``z``, ``(C, S)``).
     """
 
     loglam: np.ndarray
     flux_unit: str
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    axes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -185,7 +189,9 @@ def read_archive(path: str | os.PathLike[str]) -> RunArchive:
                 if arrays is not None:
                     arrays = SpectrumArrays(
                         loglam=np.array(arrays.loglam), flux_unit=arrays.flux_unit,
-                        arrays={k: np.array(v) for k, v in arrays.arrays.items()})
+                        arrays={k: np.array(v) for k, v in arrays.arrays.items()},
+                        axes={k: {n: np.array(x) if hasattr(x, "shape") else x
+                                  for n, x in v.items()} for k, v in arrays.axes.items()})
     except ValidationError as exc:
         raise ArchiveError(f"{path}: not a valid gasnet results archive: {exc.message}") from exc
     except AsdfWarning as exc:

@@ -17,6 +17,7 @@ from asdf.resource import DirectoryResourceMapping
 URI_BASE = "asdf://gasnet-plugin.org/gasnet/"
 MANIFEST_URI = URI_BASE + "manifests/gasnet-1.0.0"
 ARCHIVE_SCHEMA_URI = URI_BASE + "schemas/results_archive-1.0.0"
+MODEL_FILE_SCHEMA_URI = URI_BASE + "schemas/model_file-1.0.0"
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
@@ -44,7 +45,10 @@ class SpectrumArraysConverter(Converter):
     types = ("gasnet_plugin.io.archive.SpectrumArrays",)
 
     def to_yaml_tree(self, obj: Any, tag: str, ctx: Any) -> dict[str, Any]:
-        return {"loglam": obj.loglam, "flux_unit": obj.flux_unit, "arrays": dict(obj.arrays)}
+        tree = {"loglam": obj.loglam, "flux_unit": obj.flux_unit, "arrays": dict(obj.arrays)}
+        if obj.axes:
+            tree["axes"] = {name: dict(axes) for name, axes in obj.axes.items()}
+        return tree
 
     def from_yaml_tree(self, node: dict[str, Any], tag: str, ctx: Any) -> Any:
         from gasnet_plugin.io.archive import SpectrumArrays
@@ -52,10 +56,46 @@ class SpectrumArraysConverter(Converter):
         return SpectrumArrays(**node)
 
 
+class EigenModelConverter(Converter):
+    """:class:`~gasnet_plugin.models.eigen_model.EigenModel` ↔ ``eigen_model`` tag."""
+
+    tags = (URI_BASE + "tags/eigen_model-*",)
+    types = ("gasnet_plugin.models.eigen_model.EigenModel",)
+
+    def to_yaml_tree(self, obj: Any, tag: str, ctx: Any) -> dict[str, Any]:
+        return {
+            "name": obj.name,
+            "obs_loglam": obj.obs_loglam,
+            "templates": [{
+                "name": t.name, "eigenvectors": t.eigenvectors, "rest_loglam": t.rest_loglam,
+                "z_min": float(t.z_min), "z_max": float(t.z_max), "encoder": dict(t.encoder),
+                "encoder_weights": dict(t.encoder_weights)} for t in obj.templates],
+            "preprocessing": dict(obj.preprocessing),
+            "provenance": dict(obj.provenance),
+        }
+
+    def from_yaml_tree(self, node: dict[str, Any], tag: str, ctx: Any) -> Any:
+        import numpy as np
+
+        from gasnet_plugin.models.eigen_model import EigenModel, EigenTemplate
+
+        templates = [EigenTemplate(
+            name=t["name"], eigenvectors=np.asarray(t["eigenvectors"], dtype=np.float32),
+            rest_loglam=np.asarray(t["rest_loglam"], dtype=np.float64), z_min=t["z_min"],
+            z_max=t["z_max"], encoder=dict(t["encoder"]),
+            encoder_weights={k: np.asarray(v) for k, v in t["encoder_weights"].items()})
+            for t in node["templates"]]
+        return EigenModel(name=node["name"],
+                          obs_loglam=np.asarray(node["obs_loglam"], dtype=np.float64),
+                          templates=templates, preprocessing=dict(node["preprocessing"]),
+                          provenance=dict(node["provenance"]))
+
+
 def get_extensions() -> list[ManifestExtension]:
     """Entry point ``asdf.extensions``: the gasnet extension."""
     return [ManifestExtension.from_uri(
-        MANIFEST_URI, converters=[RunInfoConverter(), SpectrumArraysConverter()])]
+        MANIFEST_URI,
+        converters=[RunInfoConverter(), SpectrumArraysConverter(), EigenModelConverter()])]
 
 
 def get_resource_mappings() -> list[DirectoryResourceMapping]:

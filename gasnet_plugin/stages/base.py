@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from gasnet_plugin.engines.protocol import RedshiftEngine
 from gasnet_plugin.host.config import validate_parameters
+
+__all__ = ["RedshiftEngine", "RunContext", "Stage"]
 
 if TYPE_CHECKING:
     from gasnet_plugin.host.batch import SpectrumBatch
@@ -63,6 +66,10 @@ class Stage:
     def __init__(self, **params: Any) -> None:
         self.params = validate_parameters(self.parameters, params, where=f"stage {self.name!r}")
 
+    def bind(self, plugins: PluginHost) -> None:
+        """Resolve named parts (e.g. an engine) in the registries; called when the pipeline
+        is built, before anything is read. Raise ``LookupError`` or ``ConfigError``."""
+
     def setup(self, context: RunContext) -> None:
         """Prepare for a run (load models, pick the device). Called once, before any batch."""
 
@@ -73,23 +80,3 @@ class Stage:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
         return f"{type(self).__name__}({args})"
-
-
-class RedshiftEngine:
-    """Base class of a redshift engine used by the redshift-scan stage.
-
-    An engine takes the resampled batch (common log-λ grid) and returns, per spectrum, at
-    least ``Z``, ``ZERR``, ``SPECTYPE``, ``SUBTYPE``, ``CHI2``, ``DELTACHI2`` and ``ZWARN``
-    bits. Parameters follow the same rules as :class:`Stage`.
-    """
-
-    name: ClassVar[str]
-    summary: ClassVar[str] = ""
-    parameters: ClassVar[dict[str, dict[str, Any]]] = {}
-
-    def __init__(self, **params: Any) -> None:
-        self.params = validate_parameters(self.parameters, params,
-                                          where=f"redshift engine {self.name!r}")
-
-    def setup(self, context: RunContext) -> None:
-        """Prepare for a run (load models, pick the device). Called once, before any batch."""

@@ -11,6 +11,13 @@ galaxy) and two LAMOST DR1 stars. Files trimmed (same values, fewer rows or colu
 - ``desi-coadd-2targets.fits``: the first two targets of DESI
   ``coadd-1-80693-thru20210204.fits`` (FIBERMAP and the b/r/z WAVELENGTH, FLUX, IVAR and
   MASK HDUs; resolution matrices dropped).
+- ``gasnet3-reference.fits``: GaSNet-III's own stored outputs for real SDSS spectra
+  (``spectra/gasnet3_tables``): HDU ``QSO10``, the 10 QSOs that were run through all three
+  published encoders (flux, ivar, labels, and per encoder ``Best_fit_z_<CLASS>``,
+  ``min_chi_square_<CLASS>``, ``Degeneracy_<CLASS>``); HDU ``MIXED``, the first 20 rows of
+  the mixed-class table run through the STAR encoder; HDU ``GRID``, the observed grid
+  ``input_grid``; HDU ``QSO_CURVES``, the QSO encoder's stored χ² curves of the first two
+  QSO10 rows.
 """
 
 from __future__ import annotations
@@ -45,12 +52,38 @@ def trim_desi(source: Path, target: Path, n_targets: int) -> None:
         fits.HDUList(keep).writeto(target, overwrite=True)
 
 
+def gasnet3_reference(tables: Path, target: Path, n_mixed: int = 20) -> None:
+    from astropy.table import Table
+
+    labels = ["CLASS", "SUBCLASS", "PLATE", "MJD", "FIBERID", "Z", "flux", "ivar"]
+    qso = None
+    for cls in ("GALAXY", "QSO", "STAR"):
+        with fits.open(tables / f"test_Encoder_SDSS_{cls}_reconstruction_examples.fits") as h:
+            data = Table(h[1].data)
+            grid = h[2].data["input_grid"][0]
+        if qso is None:
+            qso = data[labels]
+        for name in ("Best_fit_z", "min_chi_square", "Degeneracy"):
+            qso[f"{name}_{cls}"] = data[name]
+        if cls == "QSO":
+            curves = Table({"chi_square_curve_QSO": data["chi_square_curve"][:2, 0, :]})
+    with fits.open(tables / "test_classfy_Encoder_SDSS_STAR_reconstruction_examples.fits") as h:
+        mixed = Table(h[1].data)[: n_mixed][
+            [*labels, "Best_fit_z", "min_chi_square", "Degeneracy"]]
+    hdus = [fits.PrimaryHDU(), fits.table_to_hdu(qso), fits.table_to_hdu(mixed),
+            fits.table_to_hdu(Table({"input_grid": [grid]})), fits.table_to_hdu(curves)]
+    for hdu, name in zip(hdus[1:], ("QSO10", "MIXED", "GRID", "QSO_CURVES"), strict=True):
+        hdu.name = name
+    fits.HDUList(hdus).writeto(target, overwrite=True)
+
+
 def main(shared: Path) -> None:
     here = Path(__file__).resolve().parent
     for relative in COPIED:
         shutil.copy(shared / relative, here / Path(relative).name)
     trim_desi(shared / "spectra/desi/coadd-1-80693-thru20210204.fits",
               here / "desi-coadd-2targets.fits", 2)
+    gasnet3_reference(shared / "spectra/gasnet3_tables", here / "gasnet3-reference.fits")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""The redshift-engine protocol: what the redshift-scan stage hands an engine and gets back.
+
+An engine is a small object (scikit-learn's estimator shape): hyper-parameters go to
+``__init__`` and are validated against the class's ``parameters`` JSON schema;
+:meth:`RedshiftEngine.setup` loads models once; :meth:`RedshiftEngine.measure` turns a batch
+of spectra on the common grid into one row of results per spectrum. Engines register through
+the ``gasnet_register_engines`` hook and are chosen by name in the redshift-scan stage's
+``engine`` parameter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from gasnet_plugin.host.config import validate_parameters
+
+if TYPE_CHECKING:
+    from gasnet_plugin.stages.base import RunContext
+
+REQUIRED_COLUMNS = ("Z", "ZERR", "SPECTYPE", "SUBTYPE", "CHI2", "DELTACHI2")
+"""Columns every engine returns (Redrock/DESI names)."""
+
+
+@dataclass
+class EngineInput:
+    """Spectra on the common grid, as the resample stage left them.
+
+    Attributes
+    ----------
+    flux
+        ``(B, P)`` float32 flux densities (the batch's flux unit).
+    ivar
+        ``(B, P)`` float32 inverse variances; 0 marks pixels with no data.
+    loglam
+        ``(P,)`` float64 pixel centres, log10 Å.
+    want_curves
+        Whether the caller wants the per-class χ² curves in the result.
+    """
+
+    flux: np.ndarray
+    ivar: np.ndarray
+    loglam: np.ndarray
+    want_curves: bool = False
+
+
+@dataclass
+class EngineResult:
+    """What an engine returns for a batch of ``B`` spectra.
+
+    Attributes
+    ----------
+    columns
+        Column name → ``(B,)`` (or ``(B, n)``) array; at least :data:`REQUIRED_COLUMNS`.
+        ``Z`` is the redshift, ``ZERR`` its 1σ error, ``CHI2`` the best fit's χ²,
+        ``DELTACHI2`` the χ² difference to the best solution more than 1000 km/s away.
+    zwarn
+        ``(B,)`` int64 ZWARN bits the engine sets (:mod:`gasnet_plugin.zwarning`).
+    reasons
+        ZWARN bit → the reason text recorded for rows with that bit.
+    model
+        ``(B, P)`` best-fit model spectrum on the grid in the input flux unit, or ``None``
+        if the engine has none.
+    curves
+        Optional per-class χ² curves: class → ``(B, S)`` float32, with ``curve_z`` giving
+        the redshift of each of the ``S`` lags.
+    curve_z
+        Class → ``(S,)`` redshifts of the curve samples.
+    """
+
+    columns: dict[str, np.ndarray]
+    zwarn: np.ndarray
+    reasons: dict[int, str] = field(default_factory=dict)
+    model: np.ndarray | None = None
+    curves: dict[str, np.ndarray] = field(default_factory=dict)
+    curve_z: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class RedshiftEngine:
+    """Base class of a redshift engine used by the redshift-scan stage.
+
+    Subclasses set :attr:`name`, :attr:`summary` and :attr:`parameters` and implement
+    :meth:`measure`. Parameters follow the same rules as a stage's.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    parameters: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        self.params = validate_parameters(self.parameters, params,
+                                          where=f"redshift engine {self.name!r}")
+
+    def setup(self, context: RunContext) -> None:
+        """Prepare for a run (load models, pick the device). Called once, before any batch."""
+
+    def measure(self, spectra: EngineInput) -> EngineResult:
+        """Measure class and redshift of every spectrum of ``spectra``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"

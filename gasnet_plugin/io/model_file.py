@@ -1,0 +1,70 @@
+"""Model files: one eigenspectra model in ASDF, validated on write and on read."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from pathlib import Path
+
+import asdf
+from asdf.exceptions import AsdfWarning, ValidationError
+
+from gasnet_plugin.io.asdf_extension import MODEL_FILE_SCHEMA_URI
+from gasnet_plugin.models.eigen_model import EigenModel, ModelError
+
+
+def write_model(model: EigenModel, path: str | os.PathLike[str], overwrite: bool = False,
+                ) -> Path:
+    """Check, validate and write ``model`` (zlib-compressed blocks, atomic replace)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise ModelError(f"{path}: exists (pass overwrite to replace it)")
+    model.check()
+    af = asdf.AsdfFile({"model": model}, custom_schema=MODEL_FILE_SCHEMA_URI)
+    try:
+        af.validate()
+    except ValidationError as exc:
+        raise ModelError(f"{path}: model fails its schema: {exc.message}") from exc
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        af.write_to(temporary, all_array_compression="zlib")
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    return path
+
+
+def read_model(path: str | os.PathLike[str]) -> EigenModel:
+    """Read, validate and check a model file.
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, not ASDF, not a gasnet model file, fails the schema or is
+        inconsistent (array shapes, encoder weights); the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AsdfWarning)
+            with asdf.open(path, custom_schema=MODEL_FILE_SCHEMA_URI, lazy_load=False,
+                           memmap=False) as af:
+                af.validate()
+                model = af["model"]
+    except ValidationError as exc:
+        raise ModelError(f"{path}: not a valid gasnet model file: {exc.message}") from exc
+    except AsdfWarning as exc:
+        raise ModelError(f"{path}: refused: {exc}") from exc
+    except Exception as exc:
+        raise ModelError(f"{path}: cannot read model: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(model, EigenModel):
+        raise ModelError(f"{path}: 'model' is not a gasnet eigenspectra model")
+    try:
+        model.check()
+    except ModelError as exc:
+        raise ModelError(f"{path}: {exc}") from None
+    return model

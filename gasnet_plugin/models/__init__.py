@@ -1,0 +1,1 @@
+"""Models: the eigenspectra model file (GaSNet-III) and its torch modules."""

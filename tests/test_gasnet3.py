@@ -1,0 +1,303 @@
+"""The gasnet3 engine, its model files, and the check against GaSNet-III's own outputs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+
+import asdf
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from click.testing import CliRunner
+from conftest import DATA, REPO, SDSS_FILES
+
+from gasnet_plugin.api import run_pipeline
+from gasnet_plugin.cli import main
+from gasnet_plugin.engines.gasnet3 import Gasnet3Engine, Preprocessed, gasnet3_original_outputs
+from gasnet_plugin.engines.protocol import EngineInput
+from gasnet_plugin.host.config import ConfigError, parse_config
+from gasnet_plugin.host.runner import Pipeline
+from gasnet_plugin.io.archive import read_archive
+from gasnet_plugin.io.model_file import read_model, write_model
+from gasnet_plugin.models.eigen_model import ModelError, build_encoder, load_model
+from gasnet_plugin.models.import_gasnet3 import import_gasnet3
+from gasnet_plugin.zwarning import ZWarn
+
+REFERENCE = DATA / "gasnet3-reference.fits"
+CLASSES = ("GALAXY", "QSO", "STAR")
+
+
+@pytest.fixture(scope="module")
+def engine() -> Gasnet3Engine:
+    scanner = Gasnet3Engine()
+    scanner.setup()
+    return scanner
+
+
+@pytest.fixture(scope="module")
+def reference():
+    with fits.open(REFERENCE) as hdul:
+        return {name: hdul[name].data.copy() for name in ("QSO10", "MIXED", "QSO_CURVES")} | {
+            "grid": hdul["GRID"].data["input_grid"][0].copy()}
+
+
+# -- model files -------------------------------------------------------------------------------
+
+
+def test_default_model_is_complete_and_cited():
+    model = load_model()
+    assert model.classes == list(CLASSES)
+    assert model.obs_loglam.size == 4076
+    for template in model.templates:
+        assert template.eigenvectors.shape == (10, template.rest_loglam.size)
+        assert template.encoder["channels"] == [8, 16, 32]
+    assert model.template("QSO").z_max == 5 and model.template("STAR").z_min == -0.005
+    assert "2412.21130" in model.provenance["citation"]
+    assert "MIT" in model.provenance["license"]
+    license_text = (REPO / "gasnet_plugin" / "data" / "LICENSE-GaSNet-III").read_text()
+    assert "MIT License" in license_text and "2412.21130" in license_text
+
+
+def export_as_gasnet3(model, folder):
+    """Write a model back out in GaSNet-III's published layout (.pth + .json per class)."""
+    folder.mkdir()
+    obs = model.obs_loglam
+    for t in model.templates:
+        state = {"eigenvectors": torch.from_numpy(t.eigenvectors)}
+        state |= {f"encoder.{k}": torch.from_numpy(v) for k, v in t.encoder_weights.items()}
+        torch.save(state, folder / f"Encoder_TEST_{t.name}.pth")
+        (folder / f"Encoder_TEST_{t.name}.json").write_text(json.dumps({
+            "model_name": f"Encoder_TEST_{t.name}", "wavelength_min": 3600,
+            "wavelength_max": 9200, "delta_loglamd": 1e-4, "z_min": t.z_min,
+            "z_max": t.z_max, "egienV_num": t.n_eigen, "epochs": 1}))
+    return obs
+
+
+def test_import_gasnet3_reproduces_the_model(tmp_path):
+    model = load_model()
+    export_as_gasnet3(model, tmp_path / "published")
+    out = tmp_path / "model.asdf"
+    result = CliRunner().invoke(main, ["import-gasnet3", str(tmp_path / "published"),
+                                       "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    again = read_model(out)
+    assert again.name == "Encoder_TEST"
+    np.testing.assert_array_equal(again.obs_loglam, model.obs_loglam)
+    for a, b in zip(again.templates, model.templates, strict=True):
+        np.testing.assert_array_equal(a.eigenvectors, b.eigenvectors)
+        np.testing.assert_array_equal(a.rest_loglam, b.rest_loglam)
+        x = torch.randn(3, 1, 4076, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(build_encoder(a)(x), build_encoder(b)(x))
+
+
+def test_import_refuses_pickled_objects(tmp_path):
+    folder = tmp_path / "evil"
+    export_as_gasnet3(load_model(), folder)
+    pth = folder / "Encoder_TEST_QSO.pth"
+    # a checkpoint that would run code if unpickled freely
+    torch.save({"eigenvectors": torch.zeros(2), "payload": pickle.loads(pickle.dumps(
+        np.random.default_rng(0)))}, pth)
+    with pytest.raises(ModelError, match="Encoder_TEST_QSO.pth: refused"):
+        import_gasnet3(folder)
+
+
+def test_bad_model_files_are_refused_with_the_file_name(tmp_path):
+    model = load_model()
+    plain = tmp_path / "plain.asdf"
+    asdf.AsdfFile({"model": {"name": "x"}}).write_to(plain)
+    with pytest.raises(ModelError, match="plain.asdf: not a valid gasnet model file"):
+        read_model(plain)
+    with pytest.raises(ModelError, match="nothing.asdf: no such model file"):
+        load_model(tmp_path / "nothing.asdf")
+    model.templates[0].rest_loglam = model.templates[0].rest_loglam[:-5]
+    with pytest.raises(ModelError, match="class 'GALAXY': rest_loglam"):
+        write_model(model, tmp_path / "broken.asdf")
+    good = write_model(load_model(), tmp_path / "good.asdf")
+    truncated = tmp_path / "cut.asdf"
+    truncated.write_bytes(good.read_bytes()[:20000])
+    with pytest.raises(ModelError, match="cut.asdf"):
+        read_model(truncated)
+
+
+# -- the reference check against GaSNet-III's stored outputs ------------------------------------
+
+
+def test_reproduces_gasnet3_outputs_on_its_own_rows(engine, reference):
+    """Best_fit_z of every encoder (10 QSOs × 3 classes, 20 mixed rows × STAR) within 1e-4,
+    min χ²/N within 1e-3 relative, and GaSNet-III's class (lowest min χ²/N)."""
+    qso = reference["QSO10"]
+    ours = gasnet3_original_outputs(engine, EngineInput(qso["flux"], qso["ivar"],
+                                                        reference["grid"]))
+    agree = 0
+    for cls in CLASSES:
+        dz = np.abs(ours[cls]["Best_fit_z"] - qso[f"Best_fit_z_{cls}"])
+        agree += int(np.sum(dz < 1e-4))
+        np.testing.assert_allclose(ours[cls]["min_chi_square"], qso[f"min_chi_square_{cls}"],
+                                   rtol=1e-3)
+        np.testing.assert_allclose(ours[cls]["Degeneracy"], qso[f"Degeneracy_{cls}"],
+                                   rtol=1e-3, atol=1e-4)
+    assert agree == 30
+    theirs_class = np.array(CLASSES)[np.argmin(
+        [qso[f"min_chi_square_{c}"] for c in CLASSES], axis=0)]
+    our_class = np.array(CLASSES)[np.argmin([ours[c]["min_chi_square"] for c in CLASSES],
+                                            axis=0)]
+    np.testing.assert_array_equal(our_class, theirs_class)
+    np.testing.assert_allclose(ours["QSO"]["curve"][:2], reference["QSO_CURVES"][
+        "chi_square_curve_QSO"], rtol=1e-4)
+
+    mixed = reference["MIXED"]
+    star = gasnet3_original_outputs(engine, EngineInput(mixed["flux"], mixed["ivar"],
+                                                        reference["grid"]))["STAR"]
+    dz = np.abs(star["Best_fit_z"] - mixed["Best_fit_z"])
+    assert np.sum(dz < 1e-4) == len(mixed)
+    np.testing.assert_allclose(star["min_chi_square"], mixed["min_chi_square"], rtol=1e-3)
+
+
+def test_full_engine_on_the_reference_rows(engine, reference):
+    """Our scan (in-range lags, refit, sub-pixel) against the SDSS pipeline labels."""
+    rows = {name: np.concatenate([reference["MIXED"][name], reference["QSO10"][name]])
+            for name in ("flux", "ivar", "CLASS", "Z")}
+    result = engine.measure(EngineInput(rows["flux"], rows["ivar"], reference["grid"]))
+    cols = result.columns
+    truth_class = np.char.strip(rows["CLASS"].astype(str))
+    assert np.all(cols["SPECTYPE"] == truth_class)
+    dz = np.abs(cols["Z"] - rows["Z"]) / (1 + rows["Z"])
+    narrow = truth_class != "QSO"
+    assert np.all(dz[narrow] < 0.001)          # galaxies and stars
+    assert np.all(dz[~narrow] < 0.01)          # broad-line QSOs: no catastrophic failure
+    good = (result.zwarn & int(ZWarn.BAD_FIT)) == 0
+    assert np.all(np.isfinite(cols["ZERR"][good]) & (cols["ZERR"][good] > 0))
+    assert np.all(cols["DELTACHI2"] >= 0)
+    assert cols["CAND_Z"].shape == (len(truth_class), 5)
+    assert np.all(np.diff(cols["CAND_CHI2"][:, :3], axis=1) >= 0)
+
+
+def shifted_galaxy(engine, lag: float, smooth: float):
+    """A GALAXY eigen-mixture placed with rest pixel ``lag`` (fractional) on observed pixel
+    0 by a Fourier shift, smoothed by a Gaussian of ``smooth`` pixels; rms 1. Returns the
+    signal ``(N,)``, the true z and one pixel in z."""
+    model = engine.model
+    template = model.template("GALAXY")
+    coef = np.abs(np.random.default_rng(42).normal(size=template.n_eigen))
+    rest_model = coef @ template.eigenvectors.astype(np.float64)
+    k = np.fft.rfftfreq(rest_model.size)
+    whole = int(lag)
+    spectrum = np.fft.rfft(rest_model) * np.exp(-0.5 * (2 * np.pi * k * smooth) ** 2)
+    shifted = np.fft.irfft(spectrum * np.exp(2j * np.pi * k * (lag - whole)), rest_model.size)
+    signal = shifted[whole:whole + model.obs_loglam.size]
+    rest = template.rest_loglam
+    step = (rest[-1] - rest[0]) / (rest.size - 1)
+    z_true = 10 ** (model.obs_loglam[0] - (rest[0] + lag * step)) - 1
+    return signal / np.sqrt(np.mean(signal**2)), z_true, (1 + z_true) * np.log(10) * step
+
+
+def test_refit_finds_the_subpixel_minimum_with_honest_errors(engine):
+    """The exact refit on a model spectrum 0.37 pixel off the grid, 300 noise draws: the
+    refined z is closer than the pixel grid allows, and (z − median z)/ZERR has unit
+    scatter (ZERR is the statistical error)."""
+    signal, z_true, pixel = shifted_galaxy(engine, 1234.37, smooth=0.0)
+    rng = np.random.default_rng(1)
+    draws = 300
+    flux = (10 * signal + rng.normal(size=(draws, signal.size))).astype(np.float32)
+    pre = Preprocessed(torch.from_numpy(flux), torch.ones(flux.shape), torch.zeros(flux.shape),
+                       torch.ones(draws, 1), torch.ones(draws, dtype=torch.bool))
+    fit = engine._refit(pre, np.zeros(draws, dtype=int), np.full(draws, 1234),
+                        np.ones(draws, dtype=bool))
+    assert fit["ok"].all()
+    assert abs(np.median(fit["z"]) - z_true) < 0.2 * pixel          # the grid: 0.37 pixel
+    pull = (fit["z"] - np.median(fit["z"])) / fit["zerr"]
+    assert 0.7 < np.std(pull) < 1.4
+
+
+def test_measure_beats_the_pixel_grid_end_to_end(engine):
+    """Continuum + smoothed galaxy signal at S/N ~10 per pixel through the whole engine."""
+    signal, z_true, pixel = shifted_galaxy(engine, 1234.37, smooth=1.0)
+    rng = np.random.default_rng(2)
+    continuum = 20.0 + 5 * np.linspace(0, 1, signal.size)
+    flux = (continuum + 10 * signal + rng.normal(size=(50, signal.size))).astype(np.float32)
+    ivar = np.ones_like(flux)
+    cols = engine.measure(EngineInput(flux, ivar, engine.model.obs_loglam)).columns
+    assert np.all(cols["SPECTYPE"] == "GALAXY")
+    assert abs(np.median(cols["Z"]) - z_true) < 0.15 * pixel
+    grid_only = Gasnet3Engine(n_refit=0)
+    grid_only.setup(model=engine.model)
+    coarse = grid_only.measure(EngineInput(flux[:5], ivar[:5], engine.model.obs_loglam))
+    assert np.all(np.abs(coarse.columns["Z"] - z_true) > 0.3 * pixel)
+    assert np.all(np.isnan(coarse.columns["ZERR"]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU on this machine")
+def test_gpu_matches_cpu(reference):
+    rows = reference["MIXED"]
+    spectra = EngineInput(rows["flux"], rows["ivar"], reference["grid"])
+    cpu, gpu = Gasnet3Engine(), Gasnet3Engine()
+    cpu.setup(device="cpu")
+    gpu.setup(device="cuda")
+    a, b = cpu.measure(spectra).columns, gpu.measure(spectra).columns
+    np.testing.assert_array_equal(a["SPECTYPE"], b["SPECTYPE"])
+    np.testing.assert_allclose(a["Z"], b["Z"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(a["CHI2"], b["CHI2"], rtol=1e-4)
+
+
+def test_same_input_same_output(engine, reference):
+    rows = reference["MIXED"]
+    spectra = EngineInput(rows["flux"], rows["ivar"], reference["grid"])
+    a, b = engine.measure(spectra).columns, engine.measure(spectra).columns
+    for name in ("Z", "ZERR", "CHI2", "DELTACHI2"):
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+# -- the stages in the pipeline --------------------------------------------------------------
+
+
+def test_default_pipeline_measures_real_sdss_spectra(tmp_path):
+    config = {"stages": ["resample", "redshift-scan", "reconstruct"],
+              "output": {"arrays": ["flux", "model", "residual", "chi2_curves"]}}
+    archive = run_pipeline(config, [str(p) for p in SDSS_FILES], tmp_path / "out.asdf")
+    back = read_archive(tmp_path / "out.asdf")
+    results = back.results
+    for name in ("Z", "ZERR", "SPECTYPE", "SUBTYPE", "CHI2", "DELTACHI2", "CAND_Z",
+                 "RECON_RCHI2"):
+        assert name in results.colnames
+    bright = np.asarray(results["SURVEY_SN_MEDIAN_ALL"]) > 5
+    assert bright.sum() >= 3
+    assert np.all(results["SPECTYPE"][bright] == results["SURVEY_CLASS"][bright])
+    dz = np.abs(results["Z"] - results["SURVEY_Z"]) / (1 + results["SURVEY_Z"])
+    assert np.all(dz[bright] < 0.0033)
+    arrays = back.arrays.arrays
+    flux, model, residual = arrays["flux"], arrays["model"], arrays["residual"]
+    ivar = archive.arrays.arrays.get("ivar")
+    assert ivar is None                                      # not asked for
+    measured = np.isfinite(model).all(axis=1)
+    assert measured.all()
+    np.testing.assert_allclose(residual[flux != 0], (flux - model)[flux != 0], atol=1e-5)
+    curves = arrays["chi2_curves"]
+    axes = back.arrays.axes["chi2_curves"]
+    assert list(axes["classes"]) == list(CLASSES)
+    assert curves.shape[:2] == (len(results), 3) and axes["z"].shape == curves.shape[1:]
+    # the best candidate's chi2 curve minimum sits at the reported redshift's lag
+    best = np.nanargmin(curves[:, 0], axis=1)
+    galaxy = np.asarray(results["SPECTYPE"]) == "GALAXY"
+    np.testing.assert_allclose(axes["z"][0][best[galaxy]], results["Z"][galaxy], atol=5e-4)
+
+
+def test_unknown_engine_and_class_are_config_errors():
+    with pytest.raises(ConfigError, match=r"stages\[1\].*unknown redshift engine 'redrock2'.*"
+                                          "gasnet3"):
+        Pipeline(parse_config({"stages": ["resample", {"redshift-scan": {"engine": "redrock2"}}]}))
+    with pytest.raises(ConfigError, match="n_candidates"):
+        Pipeline(parse_config({"stages": ["resample", {"redshift-scan": {
+            "engine_params": {"n_candidates": 0}}}]}))
+    pipeline = Pipeline(parse_config({"stages": ["resample", {"redshift-scan": {
+        "engine_params": {"classes": ["GALAXY", "PULSAR"]}}}]}))
+    with pytest.raises(ConfigError, match=r"classes \['PULSAR'\] not in model"):
+        pipeline.setup()
+
+
+def test_a_grid_the_model_was_not_made_for_is_refused(engine):
+    loglam = np.arange(3.6, 3.9, 1e-4)
+    flux = np.ones((1, loglam.size), dtype=np.float32)
+    with pytest.raises(ConfigError, match="set the resample stage to the model's grid"):
+        engine.measure(EngineInput(flux, flux, loglam))
