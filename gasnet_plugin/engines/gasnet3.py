@@ -38,7 +38,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import scipy.fft
 import torch
 
 from gasnet_plugin import hookimpl
@@ -82,8 +81,10 @@ def polynomial_continuum(flux: torch.Tensor, ivar: torch.Tensor, loglam: torch.T
     """
     x = (loglam - loglam.mean()) / ((loglam[-1] - loglam[0]) / 2)
     basis = torch.stack([x**p for p in range(degree + 1)], dim=1)          # (N, D)
+    n_coef = degree + 1
+    outer = (basis[:, :, None] * basis[:, None, :]).reshape(-1, n_coef * n_coef)   # (N, D²)
     good = (ivar > 0).to(torch.float64)                                      # (B, N)
-    normal = (basis.T[None] * good[:, None, :]) @ basis                      # (B, D, D)
+    normal = (good @ outer).reshape(-1, n_coef, n_coef)                      # (B, D, D)
     rhs = (good * flux.to(torch.float64)) @ basis                            # (B, D)
     ok = good.sum(dim=1) > degree + 1
     eye = torch.eye(degree + 1, dtype=torch.float64, device=flux.device)
@@ -122,22 +123,31 @@ def preprocess(flux: torch.Tensor, ivar: torch.Tensor, loglam: torch.Tensor, deg
 # -- the scan ----------------------------------------------------------------------------------
 
 
+def encode_coefficients(encoder: torch.nn.Module, n_eigen: int, fluctuation: torch.Tensor,
+                        ) -> torch.Tensor:
+    """GaSNet-III's encoder head: ``(B, N)`` → coefficients ``(B, K)``, the amplitude
+    ``|x_K|`` times the non-negative mixture weights ``x_k² / Σ x²``."""
+    out = encoder(fluctuation[:, None, :])
+    amplitude = torch.abs(out[:, n_eigen:n_eigen + 1])
+    weights = out[:, :n_eigen] ** 2
+    return amplitude * weights / torch.sum(weights, dim=1, keepdim=True)
+
+
 def encode(encoder: torch.nn.Module, eigenvectors: torch.Tensor, fluctuation: torch.Tensor,
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """GaSNet-III's encoder head: ``(B, N)`` → model ``(B, L)`` and coefficients ``(B, K)``
-    (``amp · coef``, the mixture weights times the amplitude)."""
-    k = eigenvectors.shape[0]
-    out = encoder(fluctuation[:, None, :])
-    amplitude = torch.abs(out[:, k:k + 1])
-    weights = out[:, :k] ** 2
-    weights = weights / torch.sum(weights, dim=1, keepdim=True)
-    coefficients = amplitude * weights
+    """The encoder's model on the rest-frame grid ``(B, L)`` and its coefficients
+    ``(B, K)``."""
+    coefficients = encode_coefficients(encoder, eigenvectors.shape[0], fluctuation)
     return coefficients @ eigenvectors, coefficients
 
 
 def fast_length(n: int) -> int:
-    """The smallest FFT length ≥ ``n`` with only factors 2, 3 and 5."""
-    return scipy.fft.next_fast_len(int(n), real=True)
+    """The smallest FFT length ≥ ``n`` of the form ``2**k`` or ``3 · 2**k`` (the fastest
+    sizes for torch's CPU FFT, measured)."""
+    n = int(n)
+    power = 1 << max(n - 1, 1).bit_length()
+    three = 3 * (1 << max((n - 1) // 3, 1).bit_length())
+    return min(power, three) if three >= n else power
 
 
 def chi2_curves(model: torch.Tensor, fluctuation: torch.Tensor, ivar: torch.Tensor,
@@ -184,30 +194,127 @@ def chi2_curves(model: torch.Tensor, fluctuation: torch.Tensor, ivar: torch.Tens
     return curves
 
 
-def local_minima(curves: torch.Tensor) -> torch.Tensor:
-    """``(..., S)`` bool: samples no higher than their neighbours (ends: than their one
-    neighbour), and finite."""
-    left = torch.nn.functional.pad(curves[..., :-1], (1, 0), value=math.inf)
-    right = torch.nn.functional.pad(curves[..., 1:], (0, 1), value=math.inf)
-    return (curves <= left) & (curves <= right) & torch.isfinite(curves)
+@dataclass
+class ClassSpectra:
+    """Fourier transforms of one class's eigenspectra, for :func:`chi2_curves_fast`.
 
+    ``m = c @ E`` is linear in the coefficients and ``m² = Σ_{k≤l} c_k c_l (2 − δ_kl) E_k E_l``
+    is linear in their pairwise products, so the transforms of ``m`` and ``m²`` are matrix
+    products with these precomputed rows (real and imaginary parts side by side).
 
-def pick_separated(values: torch.Tensor, position: torch.Tensor, count: int,
-                   separation: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``count`` lowest entries of ``values`` ``(B, M)``, each farther than
-    ``separation`` (in the units of ``position`` ``(M,)``) from every better one.
-
-    Returns indices ``(B, count)`` and values ``(B, count)`` (inf where none is left).
+    Attributes
+    ----------
+    n_fft
+        FFT length, ≥ L.
+    single
+        ``(K, 2F)`` float32: ``rfft(E_k)``, F = n_fft//2 + 1.
+    pairs
+        ``(P, 2F)`` float32: ``rfft(E_k E_l)`` for the ``P = K(K+1)/2`` pairs ``k ≤ l``.
+    pair_k, pair_l
+        ``(P,)`` indices of the pairs.
+    pair_weight
+        ``(P,)`` 1 on the diagonal, 2 off it.
     """
-    remaining = values.clone()
+
+    n_fft: int
+    single: torch.Tensor
+    pairs: torch.Tensor
+    pair_k: torch.Tensor
+    pair_l: torch.Tensor
+    pair_weight: torch.Tensor
+
+    @classmethod
+    def from_eigenvectors(cls, eigenvectors: torch.Tensor, n_fft: int | None = None,
+                          ) -> ClassSpectra:
+        """Transforms of ``eigenvectors`` ``(K, L)`` at ``n_fft`` (≥ L; default the
+        fastest length ≥ L)."""
+        k, length = eigenvectors.shape
+        n_fft = n_fft or fast_length(length)
+        e64 = eigenvectors.double()
+        pair_k, pair_l = torch.triu_indices(k, k, device=eigenvectors.device)
+        single = torch.fft.rfft(e64, n=n_fft)
+        pairs = torch.fft.rfft(e64[pair_k] * e64[pair_l], n=n_fft)
+
+        def as_real(x: torch.Tensor) -> torch.Tensor:
+            return torch.view_as_real(x).reshape(x.shape[0], -1).float().contiguous()
+
+        weight = torch.where(pair_k == pair_l, 1.0, 2.0).to(eigenvectors.device)
+        return cls(n_fft, as_real(single), as_real(pairs), pair_k, pair_l, weight.float())
+
+
+def spectra_transforms(fluctuation: torch.Tensor, ivar: torch.Tensor, n_fft: int,
+                       ) -> torch.Tensor:
+    """Complex conjugates of ``rfft(ivar)`` and ``rfft(2·f·ivar)``, ``(B, 2, F)``, for the
+    χ² curves (correlations multiply by the conjugate)."""
+    spectra = torch.stack([ivar, 2 * fluctuation * ivar], dim=1)
+    return torch.fft.rfft(spectra, n=n_fft).conj_physical_()
+
+
+def chi2_curves_fast(coefficients: torch.Tensor, transforms: ClassSpectra,
+                     spectra_f: torch.Tensor, constant: torch.Tensor, n_obs: int,
+                     n_lags: int) -> torch.Tensor:
+    """The ``"range"`` χ² curves of :func:`chi2_curves` from the model coefficients.
+
+    Parameters
+    ----------
+    coefficients
+        ``(B, K)``: the model is ``coefficients @ E``.
+    transforms
+        The class's precomputed eigenspectra transforms.
+    spectra_f
+        :func:`spectra_transforms` at ``transforms.n_fft``.
+    constant
+        ``(B, 1)`` ``Σ w f²``.
+    n_obs, n_lags
+        ``N`` and the number of lags ``L − N + 1``.
+
+    Returns
+    -------
+    ``(B, n_lags)`` float32 (about 7 significant digits: the exact refit recomputes the χ²
+    of the candidates in float64).
+    """
+    n_rows = coefficients.shape[0]
+    pair_coef = coefficients[:, transforms.pair_k] * coefficients[:, transforms.pair_l] \
+        * transforms.pair_weight
+    m1 = torch.view_as_complex((coefficients @ transforms.single).reshape(n_rows, -1, 2))
+    m2 = torch.view_as_complex((pair_coef @ transforms.pairs).reshape(n_rows, -1, 2))
+    product = m2.mul_(spectra_f[:, 0]).sub_(m1.mul_(spectra_f[:, 1]))
+    correlation = torch.fft.irfft(product, n=transforms.n_fft)[:, :n_lags]
+    return correlation.add_(constant)
+
+
+def local_minima(curves: torch.Tensor) -> torch.Tensor:
+    """``(B, S)`` bool: finite samples no higher than their neighbours (the two ends: than
+    their one neighbour)."""
+    mask = torch.isfinite(curves)
+    middle = curves[:, 1:-1]
+    mask[:, 1:-1] &= (middle <= curves[:, :-2]) & (middle <= curves[:, 2:])
+    mask[:, 0] &= curves[:, 0] <= curves[:, 1]
+    mask[:, -1] &= curves[:, -1] <= curves[:, -2]
+    return mask
+
+
+def minima_only(curves: torch.Tensor) -> torch.Tensor:
+    """``curves`` with every sample that is not a local minimum set to +inf (a new tensor)."""
+    return curves.masked_fill(~local_minima(curves), math.inf)
+
+
+def pick_separated_window(values: torch.Tensor, count: int, halfwidth: int,
+                          in_place: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``count`` lowest entries of ``values`` ``(B, M)``, each more than ``halfwidth``
+    samples from every better one (a window of ``2·halfwidth + 1`` is blanked after each
+    pick). Returns indices ``(B, count)`` and values ``(B, count)``; inf where none is left.
+    ``in_place`` lets it blank ``values`` itself instead of a copy.
+    """
+    remaining = values if in_place else values.clone()
+    offsets = torch.arange(-halfwidth, halfwidth + 1, device=values.device)
     indices, picked = [], []
     for _ in range(count):
         best = torch.argmin(remaining, dim=1)
-        value = remaining.gather(1, best[:, None])[:, 0]
         indices.append(best)
-        picked.append(value)
-        near = torch.abs(position[None, :] - position[best][:, None]) <= separation
-        remaining = remaining.masked_fill(near, math.inf)
+        picked.append(remaining.gather(1, best[:, None])[:, 0])
+        window = (best[:, None] + offsets[None, :]).clamp(0, values.shape[1] - 1)
+        remaining.scatter_(1, window, math.inf)
     return torch.stack(indices, dim=1), torch.stack(picked, dim=1)
 
 
@@ -223,6 +330,7 @@ class _ClassScan:
     eigenvectors: torch.Tensor       # (K, L) float32
     rest_loglam: torch.Tensor        # (L,) float64
     z_lag: np.ndarray                # (S,) z of each full-overlap lag
+    transforms: ClassSpectra         # FFTs of the eigenspectra and their products
 
 
 class Gasnet3Engine(RedshiftEngine):
@@ -260,6 +368,7 @@ class Gasnet3Engine(RedshiftEngine):
         self.model: EigenModel | None = None
         self.device = torch.device("cpu")
         self._scans: list[_ClassScan] = []
+        self._offsets = np.zeros(0, dtype=np.int64)
 
     # -- setup ----------------------------------------------------------------------------
 
@@ -276,15 +385,23 @@ class Gasnet3Engine(RedshiftEngine):
             raise ConfigError(f"redshift engine 'gasnet3': classes {unknown} not in model "
                               f"{self.model.name!r} (it has {', '.join(self.model.classes)})")
         self._scans = []
+        # one FFT length for every class (the longest's): the spectra are transformed once
+        n_fft = fast_length(max(t.rest_loglam.size for t in self.model.templates))
         for template in self.model.templates:
             if template.name not in wanted:
                 continue
+            eigenvectors = torch.from_numpy(template.eigenvectors).to(self.device)
             self._scans.append(_ClassScan(
                 template=template,
                 encoder=build_encoder(template).to(self.device),
-                eigenvectors=torch.from_numpy(template.eigenvectors).to(self.device),
+                eigenvectors=eigenvectors,
                 rest_loglam=torch.from_numpy(template.rest_loglam).to(self.device),
-                z_lag=self.model.z_of_lag(template)))
+                z_lag=self.model.z_of_lag(template),
+                transforms=ClassSpectra.from_eigenvectors(eigenvectors, n_fft)))
+        per_lag = math.log(10) * self.model.dloglam
+        top = max(math.log1p(scan.z_lag[0]) for scan in self._scans)
+        self._offsets = np.array([round((top - math.log1p(scan.z_lag[0])) / per_lag)
+                                  for scan in self._scans], dtype=np.int64)
 
     @property
     def classes(self) -> list[str]:
@@ -322,41 +439,65 @@ class Gasnet3Engine(RedshiftEngine):
         pre = preprocess(flux, ivar, loglam, self.model.preprocessing["poly_deg"],
                          self.params["masked_flux"])
 
-        # χ² curves of every class, padded into one (B, C, S_max) array for the candidates
-        curves, coefficients = [], []
+        # χ² curves of every class (B, S_c), then their lower envelope on one ln(1 + z) grid
+        curves = []
+        constant = torch.sum(pre.fluctuation.double() ** 2 * pre.ivar.double(), dim=1,
+                             keepdim=True).float()
+        spectra_f: dict[int, torch.Tensor] = {}
         for scan in self._scans:
-            model, coef = encode(scan.encoder, scan.eigenvectors, pre.fluctuation)
-            curves.append(chi2_curves(model, pre.fluctuation, pre.ivar, lags="range"))
-            coefficients.append(coef)
-        n_lags = max(c.shape[1] for c in curves)
-        padded = torch.full((n_rows, len(curves), n_lags), math.inf, dtype=torch.float64,
-                            device=device)
-        z_grid = np.full((len(curves), n_lags), np.nan)
-        for c, (curve, scan) in enumerate(zip(curves, self._scans, strict=True)):
-            padded[:, c, : curve.shape[1]] = curve
-            z_grid[c, : curve.shape[1]] = scan.z_lag
-        z_flat = torch.from_numpy(np.nan_to_num(z_grid, nan=1e6).ravel()).to(device)
-        flat = torch.where(local_minima(padded), padded, math.inf).reshape(n_rows, -1)
+            coefficients = encode_coefficients(scan.encoder, scan.eigenvectors.shape[0],
+                                               pre.fluctuation)
+            n_fft = scan.transforms.n_fft
+            if n_fft not in spectra_f:
+                spectra_f[n_fft] = spectra_transforms(pre.fluctuation, pre.ivar, n_fft)
+            curves.append(chi2_curves_fast(coefficients, scan.transforms, spectra_f[n_fft],
+                                           constant, n_obs, scan.z_lag.size))
+        envelope, envelope_class = self._envelope(curves)
 
-        # candidates: separated by min_velocity_separation in ln(1 + z)
-        separation = self.params["min_velocity_separation"] / C_KMS
+        # candidates: lowest local minima of the envelope, each more than the velocity
+        # separation (a whole number of lags) from the better ones
         n_cand = self.params["n_candidates"]
-        cand_index, cand_chi2 = pick_separated(flat, torch.log1p(z_flat), n_cand, separation)
-        cand_class = (cand_index // n_lags).cpu().numpy()
-        cand_lag = (cand_index % n_lags).cpu().numpy()
-        cand_chi2 = cand_chi2.cpu().numpy()
-        cand_z = z_grid[cand_class, cand_lag]
-        cand_z[~np.isfinite(cand_chi2)] = np.nan
+        halfwidth = int(self._separation_lags())
+        cand_u, cand_chi2_t = pick_separated_window(minima_only(envelope), n_cand, halfwidth,
+                                                    in_place=True)
+        cand_class = envelope_class.gather(1, cand_u).cpu().numpy()
+        cand_lag = cand_u.cpu().numpy() - self._offsets[cand_class]
+        cand_chi2 = cand_chi2_t.cpu().numpy()
+        found = np.isfinite(cand_chi2)
+        cand_lag = np.where(found, cand_lag, 0)
+        cand_z = np.where(found, self._z_of(cand_class, cand_lag), np.nan)
         cand_zerr = np.full(cand_z.shape, np.nan)
-        refit_ok = np.zeros(n_rows, dtype=bool)
 
         n_refit = min(self.params["n_refit"], n_cand)
-        best_coef = np.full((n_rows, max(s.eigenvectors.shape[0] for s in self._scans)), np.nan)
+        k_max = max(s.eigenvectors.shape[0] for s in self._scans)
+        best_coef = np.full((n_rows, k_max), np.nan)
         best_model = torch.zeros((n_rows, n_obs), dtype=torch.float32, device=device)
+        refit_ok = np.zeros(n_rows, dtype=bool)
         refit_chi2 = cand_chi2.copy()
         if n_refit:
-            fits = [self._refit(pre, cand_class[:, rank], cand_lag[:, rank],
-                                np.isfinite(cand_chi2[:, rank])) for rank in range(n_refit)]
+            # the best candidate refined (walk + parabola); the next ones fitted at their lag
+            fits = [self._refit(pre, cand_class[:, rank], cand_lag[:, rank], found[:, rank],
+                                refine=rank == 0) for rank in range(n_refit)]
+            winner = np.argmin(np.where(np.isfinite(np.stack([f["chi2"] for f in fits], 1)),
+                                        np.stack([f["chi2"] for f in fits], 1), np.inf), axis=1)
+            switched = winner != 0
+            if switched.any():       # a later candidate fits better: refine it instead
+                rows_w = np.flatnonzero(switched)
+                lag_w = cand_lag[rows_w, winner[rows_w]]
+                class_w = cand_class[rows_w, winner[rows_w]]
+                use_w = np.zeros(n_rows, dtype=bool)
+                use_w[rows_w] = True
+                lag_full = np.zeros(n_rows, dtype=np.int64)
+                class_full = np.full(n_rows, -1)
+                lag_full[rows_w], class_full[rows_w] = lag_w, class_w
+                refined = self._refit(pre, class_full, lag_full, use_w, refine=True)
+                for rows_r, rank in ((rows_w, winner[rows_w]),):
+                    for key in ("chi2", "z", "zerr", "ok", "lag", "coef"):
+                        for r, k in zip(rows_r, rank, strict=True):
+                            fits[k][key][r] = refined[key][r]
+                    for k in np.unique(rank):
+                        pick = torch.from_numpy(rows_r[rank == k]).to(device)
+                        fits[k]["model"][pick] = refined["model"][pick]
             for rank, fit in enumerate(fits):
                 refit_chi2[:, rank] = fit["chi2"]
                 cand_z[:, rank] = fit["z"]
@@ -372,12 +513,11 @@ class Gasnet3Engine(RedshiftEngine):
             cand_zerr = np.take_along_axis(cand_zerr, full_order, 1)
             cand_class = np.take_along_axis(cand_class, full_order, 1)
             cand_lag = np.take_along_axis(cand_lag, full_order, 1)
-            winner = torch.from_numpy(order[:, 0]).to(device)
-            rows_all = torch.arange(n_rows, device=device)
-            best_model = torch.stack([f["model"] for f in fits], dim=1)[rows_all, winner]
-            coefs = np.stack([f["coef"] for f in fits], axis=1)
-            best_coef = coefs[np.arange(n_rows), order[:, 0]]
-            refit_ok = np.stack([f["ok"] for f in fits], axis=1)[np.arange(n_rows), order[:, 0]]
+            rows_all = np.arange(n_rows)
+            best_model = torch.stack([f["model"] for f in fits], dim=1)[
+                torch.arange(n_rows, device=device), torch.from_numpy(order[:, 0]).to(device)]
+            best_coef = np.stack([f["coef"] for f in fits], axis=1)[rows_all, order[:, 0]]
+            refit_ok = np.stack([f["ok"] for f in fits], axis=1)[rows_all, order[:, 0]]
 
         chi2 = refit_chi2
         zwarn = np.zeros(n_rows, dtype=np.int64)
@@ -386,16 +526,19 @@ class Gasnet3Engine(RedshiftEngine):
         # GaSNet-III's degeneracy R on the winning class's encoder curve: the two lowest
         # minima at least 0.01 dex apart
         win_class = cand_class[:, 0]
-        win_curve = padded[torch.arange(n_rows, device=device),
-                           torch.from_numpy(win_class).to(device)]
-        minima = torch.where(local_minima(win_curve), win_curve, math.inf)
-        lag_position = torch.arange(n_lags, dtype=torch.float64, device=device)
-        _, two = pick_separated(minima, lag_position, 2, 0.01 / self.model.dloglam - 1)
-        two = two.cpu().numpy()
+        two = np.full((n_rows, 2), np.inf)  # float64: R is a small difference of χ²
+        for c, curve in enumerate(curves):
+            rows_c = np.flatnonzero(win_class == c)
+            if rows_c.size:
+                sub = minima_only(curve[torch.from_numpy(rows_c).to(device)])
+                _, picked = pick_separated_window(sub, 2, round(0.01 / self.model.dloglam) - 1,
+                                                  in_place=True)
+                two[rows_c] = picked.cpu().numpy()
         degeneracy = np.where(np.isfinite(two[:, 1]), (two[:, 1] - two[:, 0]) / two[:, 0], -1.0)
 
         # Δχ² to the best candidate more than the separation away (the refit may have moved
         # candidates a few pixels closer together)
+        separation = self.params["min_velocity_separation"] / C_KMS
         with np.errstate(invalid="ignore"):
             apart = np.abs(np.log1p(cand_z) - np.log1p(cand_z[:, :1])) > separation
         others = np.where(apart & np.isfinite(chi2), chi2, np.inf).min(axis=1)
@@ -445,13 +588,44 @@ class Gasnet3Engine(RedshiftEngine):
                             curves=curves_out,
                             curve_z={s.template.name: s.z_lag for s in self._scans})
 
+    def _separation_lags(self) -> float:
+        """The velocity separation in lags (pixels of ln(1 + z))."""
+        per_lag = math.log(10) * self.model.dloglam
+        return self.params["min_velocity_separation"] / C_KMS / per_lag
+
+    def _envelope(self, curves: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The lower envelope of the class curves on one grid ``u = lag + offset[class]``
+        (lags of every class aligned in ln(1 + z)); returns ``(B, U)`` χ² and the class
+        index of each sample (``(B, U)``, int64)."""
+        n_rows = curves[0].shape[0]
+        device = curves[0].device
+        size = int(max(o + c.shape[1] for o, c in zip(self._offsets, curves, strict=True)))
+        envelope = torch.full((n_rows, size), math.inf, dtype=curves[0].dtype, device=device)
+        which = torch.zeros((n_rows, size), dtype=torch.int64, device=device)
+        for c, curve in enumerate(curves):
+            o = int(self._offsets[c])
+            part = envelope[:, o:o + curve.shape[1]]
+            better = curve < part
+            part.copy_(torch.minimum(part, curve))
+            which[:, o:o + curve.shape[1]].masked_fill_(better, c)
+        return envelope, which
+
+    def _z_of(self, class_index: np.ndarray, lag: np.ndarray) -> np.ndarray:
+        """Redshift of integer ``lag`` of class ``class_index`` (arrays of one shape)."""
+        out = np.full(lag.shape, np.nan)
+        for c, scan in enumerate(self._scans):
+            hit = class_index == c
+            out[hit] = scan.z_lag[np.clip(lag[hit], 0, scan.z_lag.size - 1)]
+        return out
+
     def _refit(self, pre: Preprocessed, class_index: np.ndarray, lag: np.ndarray,
-               use: np.ndarray) -> dict[str, Any]:
+               use: np.ndarray, refine: bool = True) -> dict[str, Any]:
         """Exact weighted least-squares fit of the K coefficients at ``lag − 1, lag,
         lag + 1`` for each row (its class ``class_index``), then the sub-pixel minimum.
 
         If a neighbouring lag fits better, the fit walks there first (at most
-        :attr:`max_walk` pixels). Returns per row ``chi2`` (at the refined minimum), ``z``,
+        :attr:`max_walk` pixels). With ``refine=False`` only the lag itself is fitted: z on
+        the pixel grid, ZERR NaN. Returns per row ``chi2`` (at the refined minimum), ``z``,
         ``zerr``, ``ok``, the final integer ``lag``, the
         model ``(B, N)`` in normalised units at the refined lag (the lag's coefficients,
         eigenspectra interpolated linearly between lags) and the coefficients ``(B, K)``;
@@ -477,6 +651,15 @@ class Gasnet3Engine(RedshiftEngine):
             w = pre.ivar[rows]
             base = torch.sum(f.double() ** 2 * w.double(), dim=1)
             s_now = lag[rows_np].astype(np.int64).copy()
+            if not refine:
+                x, chis, coefs = self._three_lags(scan, f, w, base, s_now, offsets=(1,))
+                chi2[rows_np] = chis[:, 0]
+                z[rows_np] = scan.z_lag[s_now]
+                ok[rows_np] = True
+                coef_out[rows_np, : coefs[0].shape[1]] = coefs[0].cpu().numpy()
+                model_out[rows] = (coefs[0].float()[:, None, :]
+                                   @ x[:, :, 1:1 + n_obs])[:, 0]
+                continue
             x, chis, coefs = self._three_lags(scan, f, w, base, s_now)
             # walk downhill (at most max_walk pixels) while a neighbour fits better
             for _ in range(self.max_walk):
@@ -488,13 +671,27 @@ class Gasnet3Engine(RedshiftEngine):
                 if moving.size == 0:
                     break
                 s_now[moving] += move[moving]
-                picked = torch.from_numpy(moving).to(device)
-                x_m, chis_m, coefs_m = self._three_lags(scan, f[picked], w[picked],
-                                                        base[picked], s_now[moving])
-                x[picked] = x_m
-                chis[moving] = chis_m
-                for offset in range(3):
-                    coefs[offset][picked] = coefs_m[offset]
+                # one step keeps two of the three fits; fit only the new outer lag
+                for step, new_offset in ((-1, 0), (1, 2)):
+                    sub = moving[move[moving] == step]
+                    if sub.size == 0:
+                        continue
+                    picked = torch.from_numpy(sub).to(device)
+                    x_m, chis_m, coefs_m = self._three_lags(
+                        scan, f[picked], w[picked], base[picked], s_now[sub],
+                        offsets=(new_offset,))
+                    x[picked] = x_m
+                    # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
+                    keep = [1, 2] if step == -1 else [0, 1]   # new positions ...
+                    old = [0, 1] if step == -1 else [1, 2]    # ... taken from these
+                    shifted = chis[sub].copy()
+                    shifted[:, keep] = chis[sub][:, old]
+                    shifted[:, new_offset] = chis_m[:, 0]
+                    chis[sub] = shifted
+                    old_coefs = [coefs[o][picked] for o in range(3)]
+                    for k_new, k_old in zip(keep, old, strict=True):
+                        coefs[k_new][picked] = old_coefs[k_old]
+                    coefs[new_offset][picked] = coefs_m[0]
             chi_m, chi_0, chi_p = chis[:, 0], chis[:, 1], chis[:, 2]
             lag_out[rows_np] = s_now
             s0_np = s_now.astype(np.float64)
@@ -534,7 +731,7 @@ class Gasnet3Engine(RedshiftEngine):
     """Pixels the refit may walk from the encoder's lag towards a better exact fit."""
 
     def _three_lags(self, scan: _ClassScan, f: torch.Tensor, w: torch.Tensor,
-                    base: torch.Tensor, lags: np.ndarray,
+                    base: torch.Tensor, lags: np.ndarray, offsets: tuple[int, ...] = (0, 1, 2),
                     ) -> tuple[torch.Tensor, np.ndarray, list[torch.Tensor]]:
         """Exact weighted linear fits of the class's eigenspectra at ``lags − 1, lags,
         lags + 1``.
@@ -547,7 +744,7 @@ class Gasnet3Engine(RedshiftEngine):
         window = padded.unfold(1, n_obs + 2, 1)                       # (K, L − N + 1, N + 2)
         x = window[:, torch.from_numpy(lags).to(device)].permute(1, 0, 2)
         chis, coefs = [], []
-        for offset in range(3):
+        for offset in offsets:
             xo = x[:, :, offset:offset + n_obs]                       # (b, K, N)
             normal = ((xo * w[:, None, :]) @ xo.transpose(1, 2)).double()
             rhs = (xo @ (w * f)[:, :, None]).double()[:, :, 0]
@@ -592,11 +789,10 @@ def gasnet3_original_outputs(engine: Gasnet3Engine, spectra: EngineInput,
             curves = chi2_curves(model, pre.fluctuation, pre.ivar, lags="gasnet3")
             best = torch.argmin(curves, dim=1).cpu().numpy()
             interior = local_minima(curves)
-            interior[:, 0] = interior[:, -1] = False
-            minima = torch.where(interior, curves, math.inf)
-            position = torch.arange(curves.shape[1], dtype=torch.float64, device=device)
-            distance = round(0.01 / engine.model.dloglam)
-            _, two = pick_separated(minima, position, 2, distance - 0.5)
+            interior[:, 0] = interior[:, -1] = False        # find_peaks skips the ends
+            minima = curves.masked_fill(~interior, math.inf)
+            distance = round(0.01 / engine.model.dloglam)      # find_peaks(distance=100)
+            _, two = pick_separated_window(minima, 2, distance - 1)
             two = two.cpu().numpy()
             rest = scan.template.rest_loglam
             out[scan.template.name] = {
