@@ -10,8 +10,10 @@ bit  name                meaning
 0    BAD_INPUT           the file or the spectrum could not be used at all: unreadable
                          file, malformed arrays, no uncertainty, wavelengths not strictly
                          increasing, a spectral axis that is not a wavelength
-1    NODATA              no valid pixel on the common grid (all masked, zero inverse
-                         variance, or no overlap with the grid)
+1    NODATA              nothing to measure: no valid pixel on the common grid (all
+                         masked, zero inverse variance, no overlap with the grid, values
+                         beyond float32), or no signal left after the continuum (a flat
+                         spectrum) or a non-finite χ²
 2    BAD_PIXELS          some input pixels had non-finite flux or inverse variance, or a
                          negative inverse variance; they were masked and the rest used
 3    STAGE_FAILED        a stage raised an error on this spectrum; its reason is recorded

@@ -558,10 +558,28 @@ class Gasnet3Engine(RedshiftEngine):
                                            "singular fit): z on the pixel grid, ZERR NaN")
         n_valid = (spectra.ivar > 0).sum(axis=1)
         little = n_valid < self.params["min_valid_fraction"] * n_obs
-        little |= ~pre.ok.cpu().numpy()
         zwarn[little] |= int(ZWarn.LITTLE_DATA)
         reasons[int(ZWarn.LITTLE_DATA)] = (
             f"fewer than {self.params['min_valid_fraction']:.0%} of the grid's pixels valid")
+        # nothing to measure: no signal left after the continuum (a flat spectrum), too few
+        # pixels for the continuum, or values whose χ² leaves the float range
+        no_signal = ~pre.ok.cpu().numpy()
+        with np.errstate(invalid="ignore"):
+            broken = ~np.isfinite(chi2[:, 0]) | ~np.isfinite(cand_z[:, 0])
+        unmeasurable = no_signal | broken
+        if unmeasurable.any():
+            zwarn[unmeasurable] |= int(ZWarn.NODATA)
+            reasons[int(ZWarn.NODATA)] = np.where(
+                no_signal, "no signal to fit: flat after continuum subtraction, or too few "
+                           "valid pixels for the continuum",
+                "non-finite χ²: flux or ivar values beyond the float32 range of the fit")
+            for array in (cand_z, chi2, cand_zerr):
+                array[unmeasurable] = np.nan
+            delta_chi2[unmeasurable] = np.nan
+            degeneracy[unmeasurable] = np.nan
+            best_coef[unmeasurable] = np.nan
+            if n_refit:
+                best_model[torch.from_numpy(unmeasurable).to(device)] = float("nan")
 
         names = np.array(self.classes)
         zerr = cand_zerr[:, 0] if n_refit else np.full(n_rows, np.nan)
@@ -649,10 +667,9 @@ class Gasnet3Engine(RedshiftEngine):
             n_range = scan.z_lag.size
             f = pre.fluctuation[rows]
             w = pre.ivar[rows]
-            base = torch.sum(f.double() ** 2 * w.double(), dim=1)
             s_now = lag[rows_np].astype(np.int64).copy()
             if not refine:
-                x, chis, coefs = self._three_lags(scan, f, w, base, s_now, offsets=(1,))
+                x, chis, coefs = self._three_lags(scan, f, w, s_now, offsets=(1,))
                 chi2[rows_np] = chis[:, 0]
                 z[rows_np] = scan.z_lag[s_now]
                 ok[rows_np] = True
@@ -660,7 +677,7 @@ class Gasnet3Engine(RedshiftEngine):
                 model_out[rows] = (coefs[0].float()[:, None, :]
                                    @ x[:, :, 1:1 + n_obs])[:, 0]
                 continue
-            x, chis, coefs = self._three_lags(scan, f, w, base, s_now)
+            x, chis, coefs = self._three_lags(scan, f, w, s_now)
             # walk downhill (at most max_walk pixels) while a neighbour fits better
             for _ in range(self.max_walk):
                 chi_m = np.where(s_now - 1 >= 0, chis[:, 0], np.inf)
@@ -678,7 +695,7 @@ class Gasnet3Engine(RedshiftEngine):
                         continue
                     picked = torch.from_numpy(sub).to(device)
                     x_m, chis_m, coefs_m = self._three_lags(
-                        scan, f[picked], w[picked], base[picked], s_now[sub],
+                        scan, f[picked], w[picked], s_now[sub],
                         offsets=(new_offset,))
                     x[picked] = x_m
                     # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
@@ -731,7 +748,7 @@ class Gasnet3Engine(RedshiftEngine):
     """Pixels the refit may walk from the encoder's lag towards a better exact fit."""
 
     def _three_lags(self, scan: _ClassScan, f: torch.Tensor, w: torch.Tensor,
-                    base: torch.Tensor, lags: np.ndarray, offsets: tuple[int, ...] = (0, 1, 2),
+                    lags: np.ndarray, offsets: tuple[int, ...] = (0, 1, 2),
                     ) -> tuple[torch.Tensor, np.ndarray, list[torch.Tensor]]:
         """Exact weighted linear fits of the class's eigenspectra at ``lags − 1, lags,
         lags + 1``.
@@ -752,7 +769,10 @@ class Gasnet3Engine(RedshiftEngine):
             ridge = 1e-10 * scale[:, None, None] * torch.eye(
                 normal.shape[1], dtype=torch.float64, device=device)
             a = torch.linalg.solve(normal + ridge, rhs[:, :, None])[:, :, 0]
-            chis.append(base - torch.sum(rhs * a, dim=1))
+            # χ² from the residual, not Σwf² − bᵀa: no cancellation, so the small χ²
+            # differences between neighbouring lags (the curvature) keep their precision
+            residual = f - (a.float()[:, None, :] @ xo)[:, 0]
+            chis.append(torch.sum((w * residual * residual).double(), dim=1))
             coefs.append(a)
         return x, torch.stack(chis, dim=1).cpu().numpy(), coefs
 

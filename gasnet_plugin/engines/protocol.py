@@ -59,7 +59,8 @@ class EngineResult:
     zwarn
         ``(B,)`` int64 ZWARN bits the engine sets (:mod:`gasnet_plugin.zwarning`).
     reasons
-        ZWARN bit → the reason text recorded for rows with that bit.
+        ZWARN bit → the reason recorded for rows with that bit: one text, or ``(B,)``
+        texts (one per row).
     model
         ``(B, P)`` best-fit model spectrum on the grid in the input flux unit, or ``None``
         if the engine has none.
@@ -72,7 +73,7 @@ class EngineResult:
 
     columns: dict[str, np.ndarray]
     zwarn: np.ndarray
-    reasons: dict[int, str] = field(default_factory=dict)
+    reasons: dict[int, str | np.ndarray] = field(default_factory=dict)
     model: np.ndarray | None = None
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     curve_z: dict[str, np.ndarray] = field(default_factory=dict)

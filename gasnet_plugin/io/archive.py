@@ -181,7 +181,7 @@ def read_archive(path: str | os.PathLike[str]) -> RunArchive:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AsdfWarning)
             with asdf.open(path, custom_schema=ARCHIVE_SCHEMA_URI, lazy_load=False,
-                           memmap=False) as af:
+                           memmap=False, validate_checksums=True) as af:
                 af.validate()   # asdf 6 does not apply custom_schema on open by itself
                 results = Table(af["results"], copy=True)
                 run = af["run"]

@@ -52,7 +52,7 @@ def read_model(path: str | os.PathLike[str]) -> EigenModel:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AsdfWarning)
             with asdf.open(path, custom_schema=MODEL_FILE_SCHEMA_URI, lazy_load=False,
-                           memmap=False) as af:
+                           memmap=False, validate_checksums=True) as af:
                 af.validate()
                 model = af["model"]
     except ValidationError as exc:

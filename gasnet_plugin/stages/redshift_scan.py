@@ -133,7 +133,10 @@ class RedshiftScanStage(Stage):
         for bit in ZWarn:
             hit = (result.zwarn & int(bit)) != 0
             if hit.any():
-                batch.flag(rows[hit], bit, result.reasons.get(int(bit), bit.name))
+                reason = result.reasons.get(int(bit), bit.name)
+                if not isinstance(reason, str):
+                    reason = [str(r) for r in np.asarray(reason)[hit]]
+                batch.flag(rows[hit], bit, reason)
         batch.products["redshift"] = RedshiftFit(rows=rows, result=result)
         if self._want_curves:
             self._store_curves(batch, rows, result)

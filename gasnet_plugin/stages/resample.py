@@ -328,8 +328,20 @@ class ResampleStage(Stage):
         batch.flag(no_overlap, ZWarn.NODATA,
                    f"no valid pixel within the grid {10**loglam[0]:.0f}-{10**loglam[-1]:.0f} Å")
 
-        flux32 = flux_out.astype(np.float32)
-        ivar32 = ivar_out.astype(np.float32)
+        with np.errstate(over="ignore"):
+            flux32 = flux_out.astype(np.float32)
+            ivar32 = ivar_out.astype(np.float32)
+        beyond = ~(np.isfinite(flux32) & np.isfinite(ivar32))
+        if beyond.any():        # values a float32 grid cannot hold: drop those pixels
+            n_beyond = beyond.sum(axis=1)
+            batch.flag(n_beyond > 0, ZWarn.BAD_PIXELS,
+                       [f"{n} pixel(s) beyond the float32 range were masked"
+                        for n in n_beyond[n_beyond > 0]])
+            flux32[beyond] = 0.0
+            ivar32[beyond] = 0.0
+            npix_valid = (ivar32 > 0).sum(axis=1)
+            lost = usable_rows & (npix_valid == 0) & (n_beyond > 0)
+            batch.flag(lost, ZWarn.NODATA, "no pixel within the float32 range")
         snr_median = median_snr(flux32, ivar32)
 
         batch.rows["FLUX_UNIT"] = units.astype(str)
@@ -385,14 +397,33 @@ def _unit_scale(unit: u.UnitBase, target: u.UnitBase) -> float:
     return unit.to(target) if unit.is_equivalent(target) else 1.0
 
 
+FLUX_DENSITY_UNITS = (u.erg / u.s / u.cm**2 / u.AA, u.Jy, u.dimensionless_unscaled,
+                      u.photon / u.s / u.cm**2 / u.AA, u.photon / u.s / u.cm**2 / u.Hz)
+"""Units a flux may be equivalent to: f_λ, f_ν, dimensionless, photon flux densities."""
+COUNT_UNITS = (u.ct, u.adu, u.electron, u.photon)
+
+
+def _is_flux_density(unit: u.UnitBase | None) -> bool:
+    """Whether ``unit`` is a spectral flux density, counts (per anything) or dimensionless."""
+    if unit is None:
+        return True
+    if any(unit.is_equivalent(target) for target in FLUX_DENSITY_UNITS):
+        return True
+    bases = set(unit.decompose().bases) | set(getattr(unit, "bases", []))
+    return any(count in bases for count in COUNT_UNITS)
+
+
 def _check_block(spectrum: Spectrum) -> tuple[str | None, np.ndarray, np.ndarray]:
     """Why a spectrum cannot be resampled (or ``None``), its wavelengths (Å) and ivar."""
     empty = np.zeros(0)
     axis = spectrum.spectral_axis
+    if not _is_flux_density(spectrum.unit):
+        return (f"flux unit {spectrum.unit} is not a spectral flux density, counts or "
+                f"dimensionless", empty, empty)
     try:
         wave = axis.value if axis.unit == u.AA \
             else axis.to_value(u.AA, equivalencies=u.spectral())
-    except u.UnitConversionError:
+    except (u.UnitsError, ValueError):
         return (f"spectral axis in {spectrum.spectral_axis.unit} is not a wavelength",
                 empty, empty)
     wave = np.asarray(wave, dtype=np.float64)

@@ -1,0 +1,346 @@
+"""Robustness: generated bad spectra and damaged files against the whole default pipeline.
+
+Each generated input must end in one of two ways: its row is there, flagged with a reason
+(or, if unflagged, with finite results); or the command fails with a clear message naming
+the file. Never a traceback, never a lost row, never a change to another spectrum's result.
+The counts these tests reach are summed in ``FUZZ_COUNTS`` and checked at the end of each
+test (the docs quote them).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.io import fits
+from astropy.nddata import InverseVariance
+from conftest import DATA, REPO, SDSS_FILES
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from specutils import Spectrum
+
+from gasnet_plugin.api import as_config, process_spectra, run_pipeline
+from gasnet_plugin.host.runner import Pipeline
+from gasnet_plugin.io.archive import ArchiveError, read_archive
+from gasnet_plugin.io.model_file import read_model, write_model
+from gasnet_plugin.io.readers import read_spectra
+from gasnet_plugin.models.eigen_model import ModelError, load_model
+from gasnet_plugin.zwarning import FATAL
+
+CONFIG = as_config(REPO / "example_configs" / "default.yaml")
+FLAM = u.Unit("1e-17 erg / (s cm2 Angstrom)")
+GOOD = [read_spectra(SDSS_FILES[1])[0], read_spectra(SDSS_FILES[3])[0]]   # BOSS QSO, galaxy
+ENGINE_COLUMNS = ("Z", "ZERR", "CHI2")
+
+
+def run_alone() -> list[dict]:
+    return [s.meta for s in process_spectra(CONFIG, GOOD)]
+
+
+BASELINE = run_alone()
+
+
+# -- generated bad spectra ---------------------------------------------------------------------
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, width=32)
+absurd = st.sampled_from([1e30, -1e30, 1e38, 1e-38, -1e-38, 3e38])
+
+
+@st.composite
+def bad_spectrum(draw) -> tuple[str, Spectrum]:
+    """A spectrum with one kind of damage, and the name of that kind."""
+    kind = draw(st.sampled_from([
+        "nan_flux", "inf_flux", "nan_ivar", "inf_ivar", "negative_ivar", "zero_ivar",
+        "all_masked", "unsorted", "too_short", "outside_grid", "wrong_flux_unit",
+        "wrong_axis_unit", "absurd_values", "constant", "partly_masked"]))
+    n = draw(st.integers(50, 3000)) if kind != "too_short" else draw(st.integers(1, 3))
+    start = draw(st.floats(3000, 6000))
+    wave = start + np.cumsum(np.full(n, draw(st.floats(0.3, 5.0))))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    flux = rng.normal(draw(finite), 1.0 + abs(draw(finite)) * 0.01, n)
+    ivar = np.full(n, draw(st.floats(1e-4, 1e4)))
+    mask = None
+    unit, axis_unit = FLAM, u.AA
+    where = rng.random(n) < draw(st.floats(0.0, 1.0))
+    where[rng.integers(n)] = True                            # at least one damaged pixel
+    if kind == "nan_flux":
+        flux[where] = np.nan
+    elif kind == "inf_flux":
+        flux[where] = rng.choice([np.inf, -np.inf], where.sum())
+    elif kind == "nan_ivar":
+        ivar[where] = np.nan
+    elif kind == "inf_ivar":
+        ivar[where] = np.inf
+    elif kind == "negative_ivar":
+        ivar[where] = -np.abs(ivar[where]) - 1.0
+    elif kind == "zero_ivar":
+        ivar[:] = 0.0
+    elif kind == "all_masked":
+        mask = np.ones(n, dtype=bool)
+    elif kind == "partly_masked":
+        mask = where
+    elif kind == "unsorted":            # specutils itself refuses other orders; see files
+        wave = wave[::-1].copy()
+    elif kind == "outside_grid":        # all red of 9200 Å or blue of 3600 Å
+        wave = wave - wave[0] + draw(st.sampled_from([9300.0, 2e4, 1e6]))
+        if draw(st.booleans()):
+            wave = 100.0 + (wave - wave[0]) * 3000.0 / (wave[-1] - wave[0] + 1.0)
+    elif kind == "wrong_flux_unit":
+        unit = draw(st.sampled_from([u.m, u.s, u.kg, u.K]))
+    elif kind == "wrong_axis_unit":
+        axis_unit = draw(st.sampled_from([u.pix, u.km / u.s]))
+    elif kind == "absurd_values":
+        flux[where] = draw(absurd)
+        if draw(st.booleans()):
+            ivar[:] = draw(st.sampled_from([1e30, 1e-30, 1e38]))
+    elif kind == "constant":
+        flux[:] = draw(finite)
+    if kind == "wrong_axis_unit" and axis_unit == u.km / u.s:
+        wave = np.linspace(-3000, 3000, n)
+    spectrum = Spectrum(flux=flux * unit, spectral_axis=wave * axis_unit,
+                        uncertainty=InverseVariance(ivar, unit=unit**-2), mask=mask)
+    return kind, spectrum
+
+
+FLAG_EXPECTED = {"nan_flux", "inf_flux", "nan_ivar", "inf_ivar", "negative_ivar", "zero_ivar",
+                 "all_masked", "unsorted", "too_short", "outside_grid",
+                 "wrong_flux_unit", "wrong_axis_unit", "constant"}
+"""Damage that must set a ZWARN bit (the others may still be measurable)."""
+
+FUZZ_COUNTS = {"spectra": 0, "files": 0}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(bad_spectrum(), min_size=5, max_size=10))
+def test_bad_spectra_get_flagged_rows_and_spare_the_others(bad):
+    kinds = [k for k, _ in bad]
+    spectra = [GOOD[0], *[s for _, s in bad], GOOD[1]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = [s.meta for s in process_spectra(CONFIG, spectra)]
+    FUZZ_COUNTS["spectra"] += len(bad)
+    assert len(out) == len(spectra)                          # no lost row
+    for meta, reference in zip((out[0], out[-1]), BASELINE, strict=True):
+        for name in ENGINE_COLUMNS:                          # the good ones are untouched
+            np.testing.assert_allclose(meta[name], reference[name], rtol=1e-5)
+        assert meta["ZWARN"] == reference["ZWARN"]
+    for kind, meta in zip(kinds, out[1:-1], strict=True):
+        zwarn, reason = int(meta["ZWARN"]), str(meta["ZWARN_REASON"])
+        if kind in FLAG_EXPECTED:
+            assert zwarn != 0, kind
+        if zwarn != 0:
+            assert reason, kind
+        if zwarn & int(FATAL) == 0:                          # measured: the numbers are real
+            assert all(np.isfinite(meta[name]) for name in ("Z", "CHI2")), (kind, reason)
+
+
+# -- damaged files -----------------------------------------------------------------------------
+
+
+def fits_variants(source: Path, rng: np.random.Generator, tmp: Path) -> list[Path]:
+    """Damaged copies of ``source``: truncated, an HDU dropped, a column dropped, and
+    (SDSS files) a duplicated or unsorted wavelength."""
+    data = source.read_bytes()
+    out = []
+    cut = tmp / f"cut-{rng.integers(1e9)}.fits"
+    cut.write_bytes(data[: int(rng.integers(1, len(data) - 1))])
+    out.append(cut)
+    with fits.open(source) as hdul:
+        drop = int(rng.integers(0, len(hdul)))
+        hdus = [h.copy() for i, h in enumerate(hdul) if i != drop]
+        if drop == 0:                                      # a new, empty primary HDU
+            hdus = [fits.PrimaryHDU(), *hdus]
+        kept = fits.HDUList(hdus)
+        no_hdu = tmp / f"nohdu-{rng.integers(1e9)}.fits"
+        kept.writeto(no_hdu)
+        out.append(no_hdu)
+        tables = [i for i, h in enumerate(hdul) if isinstance(h, fits.BinTableHDU)]
+        if tables:
+            index = int(rng.choice(tables))
+            columns = hdul[index].columns
+            gone = columns.names[int(rng.integers(len(columns.names)))]
+            edited = fits.HDUList([h.copy() for h in hdul])
+            edited[index] = fits.BinTableHDU.from_columns(
+                [c for c in columns if c.name != gone], header=hdul[index].header)
+            no_column = tmp / f"nocol-{rng.integers(1e9)}.fits"
+            edited.writeto(no_column)
+            out.append(no_column)
+        if len(hdul) > 1 and isinstance(hdul[1], fits.BinTableHDU) \
+                and "loglam" in hdul[1].columns.names:
+            edited = fits.HDUList([h.copy() for h in hdul])
+            loglam = edited[1].data["loglam"]
+            k = int(rng.integers(1, loglam.size))
+            if rng.random() < 0.5:
+                loglam[k] = loglam[k - 1]                       # duplicated
+            else:
+                loglam[[k - 1, k]] = loglam[[k, k - 1]]         # unsorted
+            bad_grid = tmp / f"grid-{rng.integers(1e9)}.fits"
+            edited.writeto(bad_grid)
+            out.append(bad_grid)
+    return out
+
+
+@settings(max_examples=40, deadline=None, derandomize=True,
+          phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(0, 2**32 - 1), st.sampled_from(sorted(DATA.glob("*.fits"))))
+def test_damaged_fits_files_are_flagged_and_spare_the_others(seed, source):
+    rng = np.random.default_rng(seed)
+    with tempfile.TemporaryDirectory() as folder:
+        damaged = fits_variants(source, rng, Path(folder))
+        inputs = [SDSS_FILES[1], *damaged, SDSS_FILES[3]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            results = Pipeline(CONFIG).run(inputs, progress=False).results
+    FUZZ_COUNTS["files"] += len(damaged)
+    sources = [str(s) for s in results["SOURCE"]]
+    for path in inputs:                                      # every file has its rows
+        assert str(path) in sources
+    first, last = results[0], results[-1]
+    for row, reference in ((first, BASELINE[0]), (last, BASELINE[1])):
+        np.testing.assert_allclose(row["Z"], reference["Z"], rtol=1e-5)
+    for row in results[1:-1]:
+        zwarn, reason = int(row["ZWARN"]), str(row["ZWARN_REASON"])
+        if zwarn:
+            assert reason
+        named = re.findall(r"(\S+\.fits)", reason)
+        assert all(name == str(row["SOURCE"]) for name in named)   # its own file, if any
+        if zwarn & int(FATAL) == 0:
+            assert np.isfinite(row["Z"]) and np.isfinite(row["CHI2"])
+
+
+def damage_bytes(data: bytes, rng: np.random.Generator) -> bytes:
+    """Truncate, or overwrite a few random bytes."""
+    if rng.random() < 0.5:
+        return data[: int(rng.integers(0, len(data) - 1))]
+    damaged = bytearray(data)
+    for position in rng.integers(0, len(data), int(rng.integers(1, 8))):
+        damaged[position] = int(rng.integers(0, 256))
+    return bytes(damaged)
+
+
+@pytest.fixture(scope="module")
+def clean_files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clean")
+    archive = folder / "run.asdf"
+    config = {"stages": ["resample", "redshift-scan", "reconstruct"],
+              "output": {"arrays": ["flux", "model"]}}
+    run_pipeline(config, [str(SDSS_FILES[1])], archive)
+    model = write_model(load_model(), folder / "model.asdf")
+    return archive, model
+
+
+def test_damaged_archives_and_models_are_refused_or_read_intact(clean_files):
+    """Truncated or byte-damaged ASDF files: a clear error naming the file, or (when the
+    damage hit nothing that matters, e.g. a comment) a file whose contents are unchanged.
+    Binary blocks carry checksums, so damaged arrays are always refused."""
+    archive_path, model_path = clean_files
+    original_archive = read_archive(archive_path)
+    original_model = read_model(model_path)
+    rng = np.random.default_rng(7)
+    outcomes = {"refused": 0, "intact": 0, "changed": []}
+    with tempfile.TemporaryDirectory() as folder:
+        for trial in range(200):
+            source = archive_path if trial % 2 == 0 else model_path
+            target = Path(folder) / f"damaged-{trial}.asdf"
+            target.write_bytes(damage_bytes(source.read_bytes(), rng))
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    loaded = read_archive(target) if source == archive_path \
+                        else read_model(target)
+            except (ArchiveError, ModelError) as exc:
+                assert target.name in str(exc)
+                outcomes["refused"] += 1
+                continue
+            if source == archive_path:
+                same = all(np.array_equal(np.asarray(loaded.results[c]),
+                                          np.asarray(original_archive.results[c]))
+                           for c in original_archive.results.colnames
+                           if original_archive.results[c].dtype.kind != "f") and \
+                    np.array_equal(loaded.arrays.arrays["flux"],
+                                   original_archive.arrays.arrays["flux"])
+            else:
+                same = all(np.array_equal(a.eigenvectors, b.eigenvectors)
+                           for a, b in zip(loaded.templates, original_model.templates,
+                                           strict=True))
+            if same:
+                outcomes["intact"] += 1
+            else:
+                outcomes["changed"].append(trial)
+    FUZZ_COUNTS["files"] += 200
+    print(f"damaged ASDF files: {outcomes['refused']} refused, {outcomes['intact']} intact, "
+          f"{len(outcomes['changed'])} changed")
+    assert outcomes["refused"] + outcomes["intact"] + len(outcomes["changed"]) == 200
+    # a damaged number in the YAML text can survive the schema; binary arrays cannot
+    assert len(outcomes["changed"]) <= 10, outcomes
+
+
+def test_fuzz_totals_reach_the_goal():
+    """The fuzz tests above (they run first, in file order) tried ≥ 1000 generated inputs;
+    each of them checks that none crashed and no row was lost."""
+    if FUZZ_COUNTS["spectra"] == 0:
+        pytest.skip("run with the fuzz tests above")
+    print(f"fuzz counts: {FUZZ_COUNTS}")
+    assert FUZZ_COUNTS["spectra"] + FUZZ_COUNTS["files"] >= 1000
+
+
+# -- safe loading and atomic writes ------------------------------------------------------------
+
+
+def test_no_pickle_anywhere_in_the_package():
+    sources = [p for p in (REPO / "gasnet_plugin").rglob("*.py")]
+    offenders = []
+    for path in sources:
+        text = path.read_text()
+        if re.search(r"^\s*(import pickle|from pickle|import dill|import cloudpickle|"
+                     r"import joblib)", text, re.M):
+            offenders.append(f"{path}: imports a pickle library")
+        if "allow_pickle=True" in text:
+            offenders.append(f"{path}: allow_pickle=True")
+        for call in re.finditer(r"torch\.load\(([^)]*)\)", text):
+            if "weights_only=True" not in call.group(1):
+                offenders.append(f"{path}: torch.load without weights_only=True")
+    assert not offenders
+
+
+def test_unknown_tag_versions_are_refused(tmp_path, clean_files):
+    archive_path, model_path = clean_files
+    for source, reader, error in ((archive_path, read_archive, ArchiveError),
+                                  (model_path, read_model, ModelError)):
+        text = source.read_bytes()
+        for old, new in ((b"run_info-1.0.0", b"run_info-9.0.0"),
+                         (b"eigen_model-1.0.0", b"eigen_model-9.0.0"),
+                         (b"tags/run_info-1.0.0", b"tags/run_nfo-1.0.0")):
+            if old not in text:
+                continue
+            bad = tmp_path / f"{source.stem}-{new.decode().replace('/', '_')}.asdf"
+            bad.write_bytes(text.replace(old, new))
+            with pytest.raises(error, match=re.escape(bad.name)):
+                reader(bad)
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    archive = run_pipeline(CONFIG, [str(SDSS_FILES[1])])
+    import asdf
+
+    def broken_write(self, path, *args, **kwargs):
+        Path(path).write_bytes(b"#ASDF 1.0.0\nhalf")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(asdf.AsdfFile, "write_to", broken_write)
+    target = tmp_path / "out.asdf"
+    with pytest.raises(OSError, match="disk full"):
+        archive.write(target)
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(OSError, match="disk full"):
+        write_model(load_model(), tmp_path / "model.asdf")
+    assert list(tmp_path.iterdir()) == []
