@@ -14,3 +14,4 @@ nitpicky = False
 exclude_patterns = ["_build"]
 html_theme = "alabaster"
 suppress_warnings = ["autodoc.import_object"]
+html_static_path = ["_static"]

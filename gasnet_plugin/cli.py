@@ -129,6 +129,73 @@ def info(archive: Path) -> None:
     click.echo(loaded.summary())
 
 
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--truth", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="Labels CSV (like labels.csv); default: the SURVEY_* columns.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder the CSV's paths are relative to (default: the CSV's folder).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the scores: .json (everything) or .ecsv (redshift table).")
+def evaluate(archive: Path, truth: Path | None, root: Path | None,
+             output: Path | None) -> None:
+    """Score ARCHIVE against the truth: redshift metrics, confusion matrix, S/N bins, flags."""
+    from gasnet_plugin.evaluate import (
+        evaluate as score,
+    )
+    from gasnet_plugin.evaluate import (
+        format_evaluation,
+        truth_from_archive,
+        truth_from_csv,
+        write_evaluation,
+    )
+    from gasnet_plugin.io.archive import ArchiveError, read_archive
+
+    try:
+        loaded = read_archive(archive)
+    except ArchiveError as exc:
+        _fail(str(exc))
+    labels = truth_from_csv(loaded.results, truth, root) if truth \
+        else truth_from_archive(loaded.results)
+    evaluation = score(loaded.results, labels)
+    click.echo(format_evaluation(evaluation))
+    if output is not None:
+        write_evaluation(evaluation, output)
+        click.echo(f"wrote {output}", err=True)
+
+
+@main.command()
+@click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for index.html and its figures.")
+@click.option("--truth", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              default=None, help="Labels CSV; default: the SURVEY_* columns.")
+@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder the CSV's paths are relative to.")
+@click.option("--max-spectra", type=int, default=24, show_default=True,
+              help="Spectra drawn one by one (flagged first).")
+def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
+           max_spectra: int) -> None:
+    """Write a static HTML report of ARCHIVE (figures need the 'plot' extra)."""
+    from gasnet_plugin.evaluate import truth_from_csv
+    from gasnet_plugin.io.archive import ArchiveError, read_archive
+
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        _fail("gasnet report needs matplotlib: pip install 'gasnet-plugin[plot]'")
+    from gasnet_plugin.report.html import write_report
+
+    try:
+        loaded = read_archive(archive)
+    except ArchiveError as exc:
+        _fail(str(exc))
+    labels = truth_from_csv(loaded.results, truth, root) if truth else None
+    page = write_report(loaded, output, labels, max_spectra=max_spectra,
+                        title=f"gasnet run: {archive.name}")
+    click.echo(f"wrote {page}", err=True)
+
+
 @main.command("import-gasnet3")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -1,0 +1,1 @@
+"""Plots and the static HTML report (``gasnet report``); needs the ``plot`` extra."""

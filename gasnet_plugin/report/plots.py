@@ -1,0 +1,199 @@
+"""Figures of a results archive (matplotlib, Agg backend: no screen needed).
+
+Per spectrum: the data with the reconstruction and the main lines marked at the fitted z,
+the residual, and every class's χ² curve with its minima. Per run: z against z_true, Δz
+against S/N, the confusion matrix and an anomaly gallery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from gasnet_plugin.evaluate import Evaluation, Truth
+    from gasnet_plugin.io.archive import RunArchive
+
+LINES = {
+    # rest-frame vacuum wavelengths, Å: emission lines
+    "Lyα": 1215.67, "C IV": 1549.06, "C III]": 1908.73, "Mg II": 2799.49, "[O II]": 3728.48,
+    "Hδ": 4102.89, "Hγ": 4341.68, "Hβ": 4862.68, "[O III]": 5008.24, "Hα": 6564.61,
+    "[N II]": 6585.27, "[S II]": 6725.0,
+}
+ABSORPTION = {"Ca K": 3934.78, "Ca H": 3969.59, "G": 4305.6, "Mg b": 5176.7, "Na D": 5895.6}
+CLASS_COLOURS = {"GALAXY": "tab:blue", "QSO": "tab:orange", "STAR": "tab:green"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _smooth(values: np.ndarray, width: int = 5) -> np.ndarray:
+    """Boxcar mean over the finite samples; NaN where a window has none."""
+    kernel = np.ones(width)
+    finite = np.isfinite(values)
+    total = np.convolve(np.where(finite, values, 0.0), kernel, mode="same")
+    count = np.convolve(finite.astype(float), kernel, mode="same")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(finite & (count > 0), total / count, np.nan)
+
+
+def spectrum_figure(archive: RunArchive, index: int, path: Path) -> Path:
+    """Data, model, residual and χ² curves of results row ``index`` (needs the arrays
+    ``flux`` and ``model``; ``residual``, ``ivar`` and ``chi2_curves`` when present)."""
+    plt = _pyplot()
+    row = archive.results[index]
+    arrays = archive.arrays.arrays
+    wave = 10 ** np.asarray(archive.arrays.loglam)
+    flux = arrays["flux"][index]
+    ivar = arrays.get("ivar", np.ones_like(arrays["flux"]))[index]
+    model = arrays["model"][index]
+    valid = ivar > 0 if "ivar" in arrays else flux != 0
+    has_curves = "chi2_curves" in arrays
+    fig, axes = plt.subplots(3 if has_curves else 2, 1, figsize=(11, 7.5 if has_curves else 5.5),
+                             gridspec_kw={"height_ratios": [3, 1, 2] if has_curves else [3, 1]})
+    top, middle = axes[0], axes[1]
+    shown = np.where(valid, flux, np.nan)
+    top.plot(wave, _smooth(shown, 3), color="0.45", lw=0.6, label="data (3-px smoothed)")
+    top.plot(wave, np.where(valid, model, np.nan), color="crimson", lw=1.0,
+             label="reconstruction")
+    z = float(row["Z"]) if np.isfinite(row["Z"]) else None
+    low, high = np.nanpercentile(shown, [1, 99]) if np.isfinite(shown).any() else (0, 1)
+    span = high - low or 1.0
+    top.set_ylim(low - 0.15 * span, high + 0.3 * span)
+    if z is not None:
+        for lines, colour in ((LINES, "tab:blue"), (ABSORPTION, "tab:green")):
+            for name, rest in lines.items():
+                observed = rest * (1 + z)
+                if wave[0] < observed < wave[-1]:
+                    top.axvline(observed, color=colour, lw=0.6, ls=":")
+                    top.text(observed, high + 0.22 * span, name, rotation=90, fontsize=7,
+                             ha="center", va="top", color=colour)
+    zerr = f" ± {row['ZERR']:.1e}" if np.isfinite(row["ZERR"]) else ""
+    truth = f"; survey {row['SURVEY_CLASS']} z={row['SURVEY_Z']:.4f}" \
+        if str(row["SURVEY_CLASS"]).strip() else ""
+    top.set_title(f"{Path(str(row['SOURCE'])).name} [{row['ROW']}]: {row['SPECTYPE']} "
+                  f"z={row['Z']:.5f}{zerr}, Δχ²={row['DELTACHI2']:.1f}, ZWARN={row['ZWARN']}"
+                  f"{truth}", fontsize=9)
+    top.set_ylabel(f"flux [{archive.arrays.flux_unit or 'as read'}]", fontsize=8)
+    top.legend(fontsize=7, loc="upper right")
+    residual = arrays["residual"][index] if "residual" in arrays else flux - model
+    middle.plot(wave, _smooth(np.where(valid, residual, np.nan), 3), color="0.3", lw=0.5)
+    middle.axhline(0, color="crimson", lw=0.6)
+    middle.set_ylabel("residual", fontsize=8)
+    middle.set_xlabel("observed wavelength [Å]", fontsize=8)
+    if has_curves:
+        bottom = axes[2]
+        axes_info = archive.arrays.axes["chi2_curves"]
+        curves = arrays["chi2_curves"][index]
+        for c, name in enumerate(axes_info["classes"]):
+            zc = np.asarray(axes_info["z"][c])
+            ok = np.isfinite(zc) & np.isfinite(curves[c])
+            if ok.any():
+                bottom.plot(zc[ok], curves[c][ok], lw=0.7, color=CLASS_COLOURS.get(name),
+                            label=name)
+        for cz, cchi, cclass in zip(row["CAND_Z"], row["CAND_CHI2"], row["CAND_SPECTYPE"],
+                                    strict=True):
+            if np.isfinite(cz):
+                bottom.plot([cz], [cchi], "v", color=CLASS_COLOURS.get(str(cclass), "k"), ms=5)
+        bottom.set_xscale("symlog", linthresh=0.01)
+        bottom.set_xlabel("z", fontsize=8)
+        bottom.set_ylabel("χ²", fontsize=8)
+        bottom.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def run_figures(archive: RunArchive, truth: Truth, evaluation: Evaluation,
+                folder: Path) -> dict[str, Path]:
+    """z vs z_true, Δz vs S/N and the confusion matrix; returns name → PNG path."""
+    plt = _pyplot()
+    results = archive.results
+    z = np.asarray(results["Z"], dtype=float)
+    spectype = np.array([str(s) for s in results["SPECTYPE"]])
+    known = truth.known & np.isfinite(z)
+    out = {}
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, colour in CLASS_COLOURS.items():
+        pick = known & (spectype == name)
+        ax.scatter(truth.z[pick], z[pick], s=10, color=colour, label=name, alpha=0.8)
+    top = float(np.nanmax(np.concatenate([truth.z[known], z[known], [0.1]]))) * 1.05
+    ax.plot([0, top], [0, top], color="0.5", lw=0.6)
+    ax.set_xscale("symlog", linthresh=0.01)
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.set_xlabel("z (truth)")
+    ax.set_ylabel("Z (gasnet)")
+    ax.legend(fontsize=8)
+    ax.set_title(f"{int(known.sum())} spectra with a truth", fontsize=9)
+    out["z_vs_truth"] = folder / "z_vs_truth.png"
+    fig.tight_layout()
+    fig.savefig(out["z_vs_truth"], dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    snr = np.asarray(results["SNR_MEDIAN"], dtype=float)
+    dz = np.abs(z - truth.z) / (1 + truth.z)
+    for name, colour in CLASS_COLOURS.items():
+        pick = known & (spectype == name)
+        ax.scatter(np.clip(snr[pick], 0.1, None), np.clip(dz[pick], 1e-7, None), s=10,
+                   color=colour, label=name, alpha=0.8)
+    ax.axhline(0.0033, color="crimson", lw=0.7, ls="--", label="Δz = 0.0033")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("median S/N per pixel")
+    ax.set_ylabel("Δz = |Z − z| / (1 + z)")
+    ax.legend(fontsize=7)
+    out["dz_vs_snr"] = folder / "dz_vs_snr.png"
+    fig.tight_layout()
+    fig.savefig(out["dz_vs_snr"], dpi=90)
+    plt.close(fig)
+
+    c = evaluation.classification
+    matrix = np.asarray(c["confusion"])
+    fig, ax = plt.subplots(figsize=(4.2, 3.8))
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set_xticks(range(len(c["classes"])), c["classes"])
+    ax.set_yticks(range(len(c["classes"])), c["classes"])
+    ax.set_xlabel("SPECTYPE")
+    ax.set_ylabel("truth")
+    ax.set_title(f"class accuracy {c['accuracy']:.3f}", fontsize=9)
+    out["confusion"] = folder / "confusion.png"
+    fig.tight_layout()
+    fig.savefig(out["confusion"], dpi=90)
+    plt.close(fig)
+    return out
+
+
+def thumbnail(archive: RunArchive, index: int, path: Path) -> Path:
+    """A small data-and-model plot for the anomaly gallery."""
+    plt = _pyplot()
+    row = archive.results[index]
+    arrays = archive.arrays.arrays
+    wave = 10 ** np.asarray(archive.arrays.loglam)
+    fig, ax = plt.subplots(figsize=(4, 1.8))
+    flux = arrays["flux"][index]
+    valid = arrays["ivar"][index] > 0 if "ivar" in arrays else flux != 0
+    ax.plot(wave, _smooth(np.where(valid, flux, np.nan), 5), color="0.45", lw=0.5)
+    if "model" in arrays and np.isfinite(arrays["model"][index]).all():
+        ax.plot(wave, np.where(valid, arrays["model"][index], np.nan), color="crimson", lw=0.7)
+    ax.set_title(f"{Path(str(row['SOURCE'])).name}[{row['ROW']}] {row['SPECTYPE']} "
+                 f"z={row['Z']:.3f}", fontsize=7)
+    ax.tick_params(labelsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
