@@ -196,6 +196,34 @@ def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
     click.echo(f"wrote {page}", err=True)
 
 
+@main.command("redrock-templates")
+@click.argument("folder", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--galaxy", "galaxy", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              required=True, help="SDSS idlspec2d spEigenGal-*.fits to convert.")
+@click.option("--copy", "copy_from", type=click.Path(file_okay=False, exists=True,
+                                                      path_type=Path),
+              multiple=True, help="Folder(s) of Redrock rrtemplate-*.fits to add (QSO, STAR).")
+@click.option("--zmax", type=float, default=1.5, show_default=True,
+              help="Highest galaxy redshift scanned.")
+def redrock_templates(folder: Path, galaxy: Path, copy_from: tuple[Path, ...],
+                      zmax: float) -> None:
+    """Assemble a Redrock template FOLDER: a galaxy template from the SDSS pipeline's
+    eigen-templates, plus Redrock's own QSO and STAR templates."""
+    import shutil
+
+    from gasnet_plugin.engines.redrock_templates import idlspec2d_to_redrock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        idlspec2d_to_redrock(galaxy, folder / f"rrtemplate-GALAXY-{galaxy.stem}.fits",
+                             z_range=(-0.005, zmax), overwrite=True)
+    except (ValueError, OSError) as exc:
+        _fail(str(exc))
+    copied = [shutil.copy(p, folder) for source in copy_from
+              for p in sorted(source.glob("rrtemplate-*.fits"))]
+    click.echo(f"wrote {folder}: 1 galaxy template, {len(copied)} copied", err=True)
+
+
 @main.command("import-gasnet3")
 @click.argument("directory", type=click.Path(file_okay=False, exists=True, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),

@@ -186,13 +186,3 @@ def test_progress_bar_shows_on_request(tmp_path, capfd):
     assert "gasnet: 100%" in capfd.readouterr().err
     run_pipeline(DEFAULT_CONFIG, [str(folder)], progress=False)
     assert "gasnet:" not in capfd.readouterr().err
-
-
-def test_every_example_config_runs(tmp_path):
-    configs = sorted((REPO / "example_configs").glob("*.yaml"))
-    assert configs
-    for config in configs:
-        archive = run_pipeline(config, [str(SDSS_FILES[0]), str(DESI_FILE)],
-                               tmp_path / f"{config.stem}.asdf")
-        assert len(archive.results) == 3, config.name
-        assert read_archive(tmp_path / f"{config.stem}.asdf").run.n_spectra == 3

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gasnet_plugin.stages.redshift_scan",
     "gasnet_plugin.stages.reconstruct",
     "gasnet_plugin.engines.gasnet3",
+    "gasnet_plugin.engines.redrock",
 )
 """Modules of the built-in plugins, registered as ``builtin.<last module name>``."""
 

@@ -18,6 +18,10 @@ galaxy) and two LAMOST DR1 stars. Files trimmed (same values, fewer rows or colu
   the mixed-class table run through the STAR encoder; HDU ``GRID``, the observed grid
   ``input_grid``; HDU ``QSO_CURVES``, the QSO encoder's stored χ² curves of the first two
   QSO10 rows.
+- ``redrock-templates/``: a tiny Redrock template set: ``spEigenGal-56436.fits`` (the SDSS
+  pipeline's galaxy eigen-templates, unchanged; the tests convert it), Redrock's
+  ``rrtemplate-QSO-None-v0.1.fits`` (unchanged) and ``rrtemplate-STAR-G-tiny.fits``
+  (Redrock's G-star template averaged from 0.1 Å to 1 Å pixels).
 """
 
 from __future__ import annotations
@@ -77,6 +81,25 @@ def gasnet3_reference(tables: Path, target: Path, n_mixed: int = 20) -> None:
     fits.HDUList(hdus).writeto(target, overwrite=True)
 
 
+def redrock_tiny(shared: Path, target: Path) -> None:
+    import numpy as np
+
+    target.mkdir(exist_ok=True)
+    shutil.copy(shared / "templates/sdss_idlspec2d/spEigenGal-56436.fits", target)
+    shutil.copy(shared / "templates/redrock/rrtemplate-QSO-None-v0.1.fits", target)
+    with fits.open(shared / "templates/redrock/rrtemplate-STAR-G-v0.1.fits") as hdul:
+        header = hdul[0].header.copy()
+        basis = hdul[0].data
+        n = basis.shape[1] // 10 * 10
+        coarse = basis[:, :n].reshape(basis.shape[0], -1, 10).mean(axis=2)
+        header["CRVAL1"] = header["CRVAL1"] + 4.5 * header["CDELT1"]
+        header["CDELT1"] = 10 * header["CDELT1"]
+        header["RRSUBTYP"] = "G"
+        out = fits.PrimaryHDU(coarse.astype(np.float32), header=header)
+        out.header["EXTNAME"] = "BASIS_VECTORS"
+        fits.HDUList([out]).writeto(target / "rrtemplate-STAR-G-tiny.fits", overwrite=True)
+
+
 def main(shared: Path) -> None:
     here = Path(__file__).resolve().parent
     for relative in COPIED:
@@ -84,6 +107,7 @@ def main(shared: Path) -> None:
     trim_desi(shared / "spectra/desi/coadd-1-80693-thru20210204.fits",
               here / "desi-coadd-2targets.fits", 2)
     gasnet3_reference(shared / "spectra/gasnet3_tables", here / "gasnet3-reference.fits")
+    redrock_tiny(shared, here / "redrock-templates")
 
 
 if __name__ == "__main__":
