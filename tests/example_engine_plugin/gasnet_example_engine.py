@@ -34,7 +34,7 @@ class StrongestLineEngine(RedshiftEngine):
 
     def measure(self, spectra: EngineInput) -> EngineResult:
         flux, ivar = np.asarray(spectra.flux, float), np.asarray(spectra.ivar, float)
-        n_rows, n_pix = flux.shape
+        n_rows = flux.shape[0]
         half = self.params["window"] // 2
         padded = np.pad(flux, ((0, 0), (half, half)), mode="edge")
         windows = np.lib.stride_tricks.sliding_window_view(padded, 2 * half + 1, axis=1)
