@@ -20,6 +20,19 @@ EXIT_SOME_FAILED = 1
 EXIT_USAGE = 2
 
 
+ROOT_OPTION = click.option(
+    "--root", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Folder the labels CSV's paths are relative to (default: the CSV's folder).")
+
+
+def labels_option(flag: str):
+    """A labels-CSV option (shaped like labels.csv); default: the labels in the files."""
+    return click.option(flag, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+                        default=None,
+                        help="Labels CSV (like labels.csv); default: the SURVEY_* labels "
+                             "the readers found in the files.")
+
+
 def _fail(message: str) -> None:
     click.echo(f"gasnet: error: {message}", err=True)
     sys.exit(EXIT_USAGE)
@@ -131,10 +144,8 @@ def info(archive: Path) -> None:
 
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--truth", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              default=None, help="Labels CSV (like labels.csv); default: the SURVEY_* columns.")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder the CSV's paths are relative to (default: the CSV's folder).")
+@labels_option("--truth")
+@ROOT_OPTION
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Also write the scores: .json (everything) or .ecsv (redshift table).")
 def evaluate(archive: Path, truth: Path | None, root: Path | None,
@@ -168,10 +179,8 @@ def evaluate(archive: Path, truth: Path | None, root: Path | None,
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for index.html and its figures.")
-@click.option("--truth", type=click.Path(dir_okay=False, exists=True, path_type=Path),
-              default=None, help="Labels CSV; default: the SURVEY_* columns.")
-@click.option("--root", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder the CSV's paths are relative to.")
+@labels_option("--truth")
+@ROOT_OPTION
 @click.option("--max-spectra", type=int, default=24, show_default=True,
               help="Spectra drawn one by one (flagged first).")
 def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
@@ -194,6 +203,149 @@ def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
     page = write_report(loaded, output, labels, max_spectra=max_spectra,
                         title=f"gasnet run: {archive.name}")
     click.echo(f"wrote {page}", err=True)
+
+
+@main.group()
+def train() -> None:
+    """Train models (eigenspectra and encoders)."""
+
+
+@train.command("eigen")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Model file (ASDF) to write.")
+@labels_option("--labels")
+@ROOT_OPTION
+@click.option("--init", "init", default="default", show_default=True,
+              help="'default' or a model file to fine-tune, or 'scratch' (its z ranges and "
+                   "grid from the default model).")
+@click.option("-k", "--n-eigen", type=int, default=10, show_default=True,
+              help="Eigenspectra per class (scratch only).")
+@click.option("--classes", default="", help="Comma-separated classes to train (default: all).")
+@click.option("--epochs", type=int, default=50, show_default=True)
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option("--val-fraction", type=float, default=0.2, show_default=True)
+@click.option("--patience", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="ASDF checkpoint written every epoch.")
+@click.option("--resume", is_flag=True, help="Resume from --checkpoint.")
+@click.option("--progress/--no-progress", default=True)
+def train_eigen_command(inputs: tuple[str, ...], output: Path, labels: Path | None,
+                        root: Path | None, init: str, n_eigen: int, classes: str, epochs: int,
+                        batch_size: int, lr: float, val_fraction: float, patience: int,
+                        seed: int, device: str, checkpoint: Path | None, resume: bool,
+                        progress: bool) -> None:
+    """Learn eigenspectra and encoders from labelled spectra in INPUTS (GaSNet-III's
+    recipe: χ² on the rest-frame overlap at the known redshift)."""
+    import torch
+
+    from gasnet_plugin.api import run_pipeline
+    from gasnet_plugin.evaluate import truth_from_archive, truth_from_csv
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.io.model_file import write_model
+    from gasnet_plugin.models.eigen_model import EigenModel, ModelError, load_model
+    from gasnet_plugin.models.train_eigen import (
+        TrainSettings,
+        fresh_template,
+        prepare,
+        train_eigen,
+    )
+
+    try:
+        base = load_model("default" if init == "scratch" else init)
+        archive = run_pipeline({"stages": ["resample"], "output": {"arrays": ["flux", "ivar"]}},
+                               list(inputs), progress=False)
+    except (ModelError, ConfigError) as exc:
+        _fail(str(exc))
+    wanted = [c.strip().upper() for c in classes.split(",") if c.strip()] or base.classes
+    if init == "scratch":
+        generator = torch.Generator().manual_seed(seed)
+        base = EigenModel(f"scratch-k{n_eigen}", base.obs_loglam, [
+            fresh_template(t.name, base.obs_loglam, t.z_min, t.z_max, n_eigen, generator)
+            for t in base.templates if t.name in wanted], dict(base.preprocessing), {})
+    truth = truth_from_csv(archive.results, labels, root) if labels \
+        else truth_from_archive(archive.results)
+    usable = truth.known & (np.asarray(archive.results["NPIX_VALID"]) > 0)
+    spectype = np.where(np.isin(truth.spectype, wanted), truth.spectype, "")
+    data = prepare(base, archive.arrays.arrays["flux"][usable],
+                   archive.arrays.arrays["ivar"][usable], spectype[usable].astype(str),
+                   truth.z[usable])
+    if not data:
+        _fail("no labelled spectrum of the wanted classes within their z ranges")
+    counts = ", ".join(f"{k} {v.z.size}" for k, v in data.items())
+    settings = TrainSettings(n_eigen=n_eigen, epochs=epochs, batch_size=batch_size,
+                             learning_rate=lr, val_fraction=val_fraction, patience=patience,
+                             seed=seed, device=device)
+    model, history = train_eigen(base, data, settings, checkpoint, resume, progress,
+                                 trained_on=f"{counts} labelled spectra from {len(inputs)} "
+                                            f"input(s); labels: {truth.source}")
+    model.name = output.stem
+    write_model(model, output, overwrite=True)
+    best = ", ".join(f"{k} χ²/pix {min(v):.3f} (epoch {history.best_epoch.get(k, 0)})"
+                     for k, v in history.val.items() if v)
+    click.echo(f"wrote {output}: trained on {counts}; best validation {best}", err=True)
+
+
+@main.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-n", "n_mocks", type=int, required=True, help="Number of mock spectra.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for the mock files (mock-00000.fits, ...).")
+@click.option("--model", default="default", show_default=True, help="Model file.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--per-file", type=int, default=10000, show_default=True)
+@click.option("--classes", default="", help="Comma-separated classes (default: all).")
+@click.option("--z-range", nargs=2, type=float, default=None, help="z_min z_max.")
+@click.option("--anomalies", type=float, default=0.0, show_default=True,
+              help="Fraction of mocks given an anomaly (unmodelled line or second object).")
+@click.option("--snr-scale", type=float, default=1.0, show_default=True,
+              help="Multiply the donors' S/N by this.")
+@click.option("--coef-scatter", type=float, default=0.2, show_default=True,
+              help="ln-scatter of the coefficients around the encoded real ones.")
+def simulate(sources: tuple[str, ...], n_mocks: int, output: Path, model: str, seed: int,
+             per_file: int, classes: str, z_range: tuple[float, float] | None,
+             anomalies: float, snr_scale: float, coef_scatter: float) -> None:
+    """Draw N labelled mock spectra from a model, borrowing continua, coefficients, noise
+    and masks from the real spectra in SOURCES (files, folders, globs)."""
+    from tqdm import tqdm
+
+    from gasnet_plugin.api import run_pipeline
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.models.eigen_model import ModelError, load_model
+    from gasnet_plugin.models.simulate import draw_mocks, reference_set, write_mocks
+
+    try:
+        eigen = load_model(model)
+        archive = run_pipeline({"stages": ["resample"], "output": {"arrays": ["flux", "ivar"]}},
+                               list(sources), progress=False)
+    except (ModelError, ConfigError) as exc:
+        _fail(str(exc))
+    usable = np.asarray(archive.results["NPIX_VALID"]) > 0
+    labels = np.array([str(c).strip().upper() for c in archive.results["SURVEY_CLASS"]])
+    reference = reference_set(eigen, archive.arrays.arrays["flux"][usable],
+                              archive.arrays.arrays["ivar"][usable], labels[usable])
+    wanted = [c.strip().upper() for c in classes.split(",") if c.strip()] or None
+    rng = np.random.default_rng(seed)
+    output.mkdir(parents=True, exist_ok=True)
+    written = 0
+    with tqdm(total=n_mocks, unit="spectrum", disable=n_mocks < 5000, desc="simulate") as bar:
+        for index, start in enumerate(range(0, n_mocks, per_file)):
+            count = min(per_file, n_mocks - start)
+            parts = []
+            for chunk in range(0, count, 2048):
+                size = min(2048, count - chunk)
+                parts.append(draw_mocks(eigen, reference, size, rng, wanted, z_range,
+                                        coef_scatter, snr_scale, anomalies))
+                bar.update(size)
+            mocks = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+            write_mocks(mocks, eigen.obs_loglam, output / f"mock-{index:05d}.fits",
+                        {"MODEL": eigen.name, "SEED": seed, "NREF": len(reference.flux)})
+            written += count
+    click.echo(f"wrote {written} mock spectra to {output} ({len(reference.flux)} real "
+               f"spectra as sources and donors)", err=True)
 
 
 @main.command("redrock-templates")
