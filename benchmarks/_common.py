@@ -33,3 +33,17 @@ def table(rows: list[tuple], header: tuple) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def split_half(classes, seed: int):
+    """Boolean training mask: half of each class (GALAXY, QSO, STAR), seeded — the split
+    every training benchmark uses, so the other half is never trained on."""
+    import numpy as np
+
+    classes = np.asarray(classes)
+    rng = np.random.default_rng(seed)
+    train = np.zeros(classes.size, dtype=bool)
+    for name in ("GALAXY", "QSO", "STAR"):
+        members = np.flatnonzero(classes == name)
+        train[rng.choice(members, size=members.size // 2, replace=False)] = True
+    return train, rng

@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
-from _common import SHARED, machine, table
+from _common import SHARED, machine, split_half, table
 from bench_accuracy import match, read_labels
 
 from gasnet_plugin.api import run_pipeline
@@ -64,11 +64,7 @@ def main() -> None:
     rows = np.array([i for _, i in pairs])
     cls = np.array([lab["cls"] for lab, _ in pairs])
     z = np.array([float(lab["z"]) for lab, _ in pairs])
-    rng = np.random.default_rng(args.seed)
-    train = np.zeros(len(pairs), dtype=bool)
-    for name in CLASSES:
-        members = np.flatnonzero(cls == name)
-        train[rng.choice(members, size=members.size // 2, replace=False)] = True
+    train, rng = split_half(cls, args.seed)
     flux = archive.arrays.arrays["flux"][rows]
     ivar = archive.arrays.arrays["ivar"][rows]
     loglam = archive.arrays.loglam

@@ -36,11 +36,12 @@ WRONG_DZ = 0.0033
 
 @dataclass
 class Truth:
-    """Per results row: the true class and redshift (``""``/NaN where unknown)."""
+    """Per results row: the true class, redshift and subclass (``""``/NaN where unknown)."""
 
     spectype: np.ndarray
     z: np.ndarray
     source: str
+    subclass: np.ndarray | None = None
 
     @property
     def known(self) -> np.ndarray:
@@ -51,7 +52,10 @@ def truth_from_archive(results: Table) -> Truth:
     """The survey labels in the archive (``SURVEY_CLASS``, ``SURVEY_Z``)."""
     spectype = np.array([str(c).strip().upper() for c in results["SURVEY_CLASS"]], dtype=object)
     z = np.asarray(results["SURVEY_Z"], dtype=float)
-    return Truth(spectype=spectype, z=z, source="SURVEY_* columns of the archive")
+    subclass = np.array([str(c).strip() for c in results["SURVEY_SUBCLASS"]], dtype=object) \
+        if "SURVEY_SUBCLASS" in results.colnames else np.full(len(results), "", dtype=object)
+    return Truth(spectype=spectype, z=z, source="SURVEY_* columns of the archive",
+                 subclass=subclass)
 
 
 def truth_from_csv(results: Table, path: str | os.PathLike[str],
@@ -64,6 +68,7 @@ def truth_from_csv(results: Table, path: str | os.PathLike[str],
     root = Path(root) if root is not None else path.parent
     spectype = np.full(len(results), "", dtype=object)
     z = np.full(len(results), np.nan)
+    subclass = np.full(len(results), "", dtype=object)
     sources = [str(Path(str(s)).resolve()) for s in results["SOURCE"]]
     rows_of: dict[str, list[int]] = {}
     for index, source in enumerate(sources):
@@ -80,7 +85,8 @@ def truth_from_csv(results: Table, path: str | os.PathLike[str],
             for index in candidates[:1]:
                 spectype[index] = label["cls"].strip().upper()
                 z[index] = float(label["z"])
-    return Truth(spectype=spectype, z=z, source=str(path))
+                subclass[index] = (label.get("subclass") or "").strip()
+    return Truth(spectype=spectype, z=z, source=str(path), subclass=subclass)
 
 
 @dataclass

@@ -99,3 +99,24 @@ def class_accuracy(true_class: Sequence[str], pred_class: Sequence[str]) -> floa
     """Fraction of exact class matches."""
     t, p = np.asarray(true_class), np.asarray(pred_class)
     return float(np.mean(t == p)) if t.size else float("nan")
+
+
+def expected_calibration_error(probabilities: np.ndarray, true_index: np.ndarray,
+                               n_bins: int = 10) -> float:
+    """Expected calibration error of classifier probabilities.
+
+    ``probabilities`` ``(n, C)``, ``true_index`` ``(n,)`` the true label's column. Spectra
+    are binned by their top probability into ``n_bins`` equal bins on [0, 1]; ECE is the
+    count-weighted mean over bins of |accuracy − mean top probability| (0 = calibrated).
+    """
+    probabilities = np.asarray(probabilities, dtype=float)
+    if probabilities.shape[0] == 0:
+        return float("nan")
+    top = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == np.asarray(true_index)
+    bins = np.minimum((top * n_bins).astype(int), n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        members = bins == b
+        total += members.sum() * abs(correct[members].mean() - top[members].mean())
+    return float(total / top.size)

@@ -25,9 +25,11 @@ BLOCK_ENV_VAR = "GASNET_BLOCK_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "gasnet_plugin.io.readers",
     "gasnet_plugin.stages.resample",
+    "gasnet_plugin.stages.classify",
     "gasnet_plugin.stages.redshift_scan",
     "gasnet_plugin.stages.reconstruct",
     "gasnet_plugin.engines.gasnet3",
+    "gasnet_plugin.engines.cnn",
     "gasnet_plugin.engines.redrock",
 )
 """Modules of the built-in plugins, registered as ``builtin.<last module name>``."""

@@ -91,11 +91,40 @@ class EigenModelConverter(Converter):
                           provenance=dict(node["provenance"]))
 
 
+class CNNModelConverter(Converter):
+    """:class:`~gasnet_plugin.models.gasnet2.CNNModel` ↔ ``cnn_model`` tag."""
+
+    tags = (URI_BASE + "tags/cnn_model-*",)
+    types = ("gasnet_plugin.models.gasnet2.CNNModel",)
+
+    def to_yaml_tree(self, obj: Any, tag: str, ctx: Any) -> dict[str, Any]:
+        return {"name": obj.name, "task": obj.task, "obs_loglam": obj.obs_loglam,
+                "architecture": dict(obj.architecture), "weights": dict(obj.weights),
+                "labels": list(obj.labels), "label_set": obj.label_set,
+                "z_range": [float(v) for v in obj.z_range],
+                "sigma_scale": float(obj.sigma_scale), "provenance": dict(obj.provenance)}
+
+    def from_yaml_tree(self, node: dict[str, Any], tag: str, ctx: Any) -> Any:
+        import numpy as np
+
+        from gasnet_plugin.models.gasnet2 import CNNModel
+
+        return CNNModel(
+            name=node["name"], task=node["task"],
+            obs_loglam=np.asarray(node["obs_loglam"], dtype=np.float64),
+            architecture=dict(node["architecture"]),
+            weights={k: np.asarray(v) for k, v in node["weights"].items()},
+            labels=[str(v) for v in node["labels"]], label_set=node["label_set"],
+            z_range=(float(node["z_range"][0]), float(node["z_range"][1])),
+            sigma_scale=float(node["sigma_scale"]), provenance=dict(node["provenance"]))
+
+
 def get_extensions() -> list[ManifestExtension]:
     """Entry point ``asdf.extensions``: the gasnet extension."""
     return [ManifestExtension.from_uri(
         MANIFEST_URI,
-        converters=[RunInfoConverter(), SpectrumArraysConverter(), EigenModelConverter()])]
+        converters=[RunInfoConverter(), SpectrumArraysConverter(), EigenModelConverter(),
+                    CNNModelConverter()])]
 
 
 def get_resource_mappings() -> list[DirectoryResourceMapping]:

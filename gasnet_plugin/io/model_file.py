@@ -1,4 +1,5 @@
-"""Model files: one eigenspectra model in ASDF, validated on write and on read."""
+"""Model files: one model (eigenspectra or GaSNet-II network) in ASDF, validated on write
+and on read."""
 
 from __future__ import annotations
 
@@ -6,15 +7,20 @@ import contextlib
 import os
 import warnings
 from pathlib import Path
+from typing import TypeVar
 
 import asdf
 from asdf.exceptions import AsdfWarning, ValidationError
 
 from gasnet_plugin.io.asdf_extension import MODEL_FILE_SCHEMA_URI
 from gasnet_plugin.models.eigen_model import EigenModel, ModelError
+from gasnet_plugin.models.gasnet2 import CNNModel
+
+AnyModel = TypeVar("AnyModel", EigenModel, CNNModel)
+KIND_NAMES = {EigenModel: "gasnet eigenspectra model", CNNModel: "gasnet GaSNet-II network"}
 
 
-def write_model(model: EigenModel, path: str | os.PathLike[str], overwrite: bool = False,
+def write_model(model: EigenModel | CNNModel, path: str | os.PathLike[str], overwrite: bool = False,
                 ) -> Path:
     """Check, validate and write ``model`` (zlib-compressed blocks, atomic replace)."""
     path = Path(path)
@@ -36,8 +42,8 @@ def write_model(model: EigenModel, path: str | os.PathLike[str], overwrite: bool
     return path
 
 
-def read_model(path: str | os.PathLike[str]) -> EigenModel:
-    """Read, validate and check a model file.
+def read_model(path: str | os.PathLike[str], kind: type[AnyModel] = EigenModel) -> AnyModel:
+    """Read, validate and check a model file holding a model of type ``kind``.
 
     Raises
     ------
@@ -61,8 +67,9 @@ def read_model(path: str | os.PathLike[str]) -> EigenModel:
         raise ModelError(f"{path}: refused: {exc}") from exc
     except Exception as exc:
         raise ModelError(f"{path}: cannot read model: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, EigenModel):
-        raise ModelError(f"{path}: 'model' is not a gasnet eigenspectra model")
+    if not isinstance(model, kind):
+        raise ModelError(f"{path}: 'model' is not a {KIND_NAMES[kind]} (it is a "
+                         f"{KIND_NAMES.get(type(model), type(model).__name__)})")
     try:
         model.check()
     except ModelError as exc:

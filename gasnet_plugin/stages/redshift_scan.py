@@ -44,6 +44,7 @@ DESCRIPTIONS = {
     "CAND_SPECTYPE": "candidate classes, best first",
     "CAND_Z": "candidate redshifts, best first",
     "CAND_CHI2": "candidate chi2, best first",
+    "CNN_ZSPREAD": "spread (std) of the cnn regressor's heads, ln(1+z)",
     "ENGINE": "redshift engine",
     "MODEL": "model the engine used",
 }
