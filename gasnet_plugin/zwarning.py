@@ -27,6 +27,20 @@ bit  name                meaning
                          a singular coefficient fit): Z is on the pixel grid, ZERR is NaN
 7    LITTLE_DATA         fewer valid pixels than the engine needs for a trustworthy fit
                          (continuum polynomial + K eigenspectra, times a margin)
+8    LOW_SNR             median S/N per pixel below the calibrated threshold
+                         (flag-anomaly)
+9    LARGE_CHI2          the best fit's reduced χ² is an outlier for its class and S/N:
+                         SCORE_CHI2 (robust z-score against the calibration set's
+                         spectra of that class and S/N) above the threshold (flag-anomaly)
+10   DEGENERATE          GaSNet-III's R between the two best χ² minima is small:
+                         SCORE_DEGENERATE = −log10 R above the threshold (flag-anomaly)
+11   CLASS_DISAGREE      the classifier's most probable class is not the scan's SPECTYPE
+                         (flag-anomaly)
+12   Z_DISAGREE          the classifier stage's CNN_Z and the scan's Z differ beyond their
+                         errors: SCORE_ZDIFF = abs(Z − CNN_Z) / √(ZERR² + CNN_ZERR²) above the
+                         threshold (flag-anomaly)
+13   LOW_PROB            the classifier's top probability CNN_PROB is below the threshold
+                         (flag-anomaly)
 ===  ==================  =============================================================
 
 Rows with a *fatal* bit (:data:`FATAL`) carry no measurement; the other bits are warnings.
@@ -48,6 +62,12 @@ class ZWarn(enum.IntFlag):
     Z_AT_EDGE = 1 << 5
     BAD_FIT = 1 << 6
     LITTLE_DATA = 1 << 7
+    LOW_SNR = 1 << 8
+    LARGE_CHI2 = 1 << 9
+    DEGENERATE = 1 << 10
+    CLASS_DISAGREE = 1 << 11
+    Z_DISAGREE = 1 << 12
+    LOW_PROB = 1 << 13
 
 
 FATAL = ZWarn.BAD_INPUT | ZWarn.NODATA | ZWarn.STAGE_FAILED

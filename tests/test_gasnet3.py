@@ -343,3 +343,20 @@ def test_candidates_are_distinct_redshifts(engine, reference):
     # the refit may walk (4 lags of 1e-4 dex each)
     walk = 2 * 4 * np.log(10) * 1e-4
     assert np.all(separation[:, off_diagonal] > 1000 / 299792.458 - walk)
+
+
+def test_a_batch_with_nothing_to_measure_is_not_a_stage_failure(tmp_path):
+    """Every spectrum of the batch unusable: the engine gets zero rows and must cope."""
+    from gasnet_plugin.models.simulate import write_mocks
+
+    n, loglam = 3, load_model().obs_loglam
+    mocks = {"flux": np.full((n, loglam.size), np.nan, np.float32),
+             "ivar": np.ones((n, loglam.size), np.float32), "mask": np.zeros((n, loglam.size)),
+             "CLASS": np.full(n, "QSO"), "Z": np.ones(n), "SNR": np.zeros(n),
+             "ANOMALY": np.full(n, ""), "SOURCE_ROW": np.arange(n), "DONOR_ROW": np.arange(n)}
+    path = write_mocks(mocks, loglam, tmp_path / "nan.fits")
+    results = run_pipeline({"stages": ["resample", "redshift-scan", "reconstruct"]},
+                           [str(path)]).results
+    zwarn = np.asarray(results["ZWARN"])
+    assert np.all(zwarn & int(ZWarn.NODATA)) and not np.any(zwarn & int(ZWarn.STAGE_FAILED))
+    assert "Z" in results.colnames and np.all(np.isnan(np.asarray(results["Z"], float)))

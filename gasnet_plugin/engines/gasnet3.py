@@ -427,8 +427,26 @@ class Gasnet3Engine(RedshiftEngine):
         if self.model is None:
             self.setup()
         self.check_grid(spectra.loglam)
+        if spectra.flux.shape[0] == 0:
+            return self._empty_result(spectra)
         with torch.no_grad():
             return self._measure(spectra)
+
+    def _empty_result(self, spectra: EngineInput) -> EngineResult:
+        """A result for zero spectra with the usual columns, dtypes and shapes (measured on
+        one flat placeholder spectrum and cut to zero rows)."""
+        n_pix = spectra.loglam.size
+        one = EngineInput(np.ones((1, n_pix), np.float32), np.ones((1, n_pix), np.float32),
+                          spectra.loglam, spectra.want_curves)
+        with torch.no_grad():
+            result = self._measure(one)
+        result.columns = {k: np.asarray(v)[:0] for k, v in result.columns.items()}
+        result.zwarn = result.zwarn[:0]
+        result.reasons = {k: (v if isinstance(v, str) else np.asarray(v)[:0])
+                          for k, v in result.reasons.items()}
+        result.model = None if result.model is None else result.model[:0]
+        result.curves = {k: v[:0] for k, v in result.curves.items()}
+        return result
 
     def _measure(self, spectra: EngineInput) -> EngineResult:
         device = self.device

@@ -18,6 +18,7 @@ URI_BASE = "asdf://gasnet-plugin.org/gasnet/"
 MANIFEST_URI = URI_BASE + "manifests/gasnet-1.0.0"
 ARCHIVE_SCHEMA_URI = URI_BASE + "schemas/results_archive-1.0.0"
 MODEL_FILE_SCHEMA_URI = URI_BASE + "schemas/model_file-1.0.0"
+THRESHOLDS_SCHEMA_URI = URI_BASE + "schemas/flag_thresholds-1.0.0"
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 
