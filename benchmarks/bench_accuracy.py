@@ -20,7 +20,9 @@ import argparse
 import csv
 import re
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _common import REPO, SHARED, machine, table
@@ -58,6 +60,42 @@ def match(labels: list[dict], results, shared: Path) -> list[tuple[dict, int]]:
         if wanted:
             pairs.append((label, wanted[0]))
     return pairs
+
+
+RESAMPLED = {"stages": ["resample"], "output": {"arrays": ["flux", "ivar"]}}
+"""A config that only resamples and keeps the spectra (what the training benchmarks need)."""
+
+
+@dataclass
+class Labelled:
+    """Every labelled real spectrum of ``labels.csv`` run through one config: the archive,
+    and per label its results ``rows``, class ``cls``, subclass ``sub`` and redshift ``z``."""
+
+    archive: Any
+    rows: np.ndarray
+    cls: np.ndarray
+    sub: np.ndarray
+    z: np.ndarray
+
+    @property
+    def flux(self) -> np.ndarray:
+        return self.archive.arrays.arrays["flux"][self.rows]
+
+    @property
+    def ivar(self) -> np.ndarray:
+        return self.archive.arrays.arrays["ivar"][self.rows]
+
+
+def labelled_real_spectra(config: dict | str | Path = RESAMPLED) -> Labelled:
+    """Run ``config`` on every file of ``labels.csv`` and match the rows to their labels."""
+    labels = read_labels(SHARED)
+    files = sorted({SHARED / re.sub(r"#.*$", "", label["path"]) for label in labels})
+    archive = run_pipeline(config, [str(f) for f in files], progress=False)
+    pairs = match(labels, archive.results, SHARED)
+    return Labelled(archive, np.array([i for _, i in pairs]),
+                    np.array([lab["cls"] for lab, _ in pairs]),
+                    np.array([lab["subclass"] for lab, _ in pairs]),
+                    np.array([float(lab["z"]) for lab, _ in pairs]))
 
 
 def gasnet3_baseline(archive) -> dict[str, np.ndarray]:

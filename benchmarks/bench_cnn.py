@@ -25,17 +25,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
-from _common import REPO, SHARED, machine, split_half, table
-from bench_accuracy import match, read_labels
+from _common import REPO, machine, split_half, table
+from bench_accuracy import labelled_real_spectra
 
-from gasnet_plugin.api import run_pipeline
 from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
 from gasnet_plugin.engines.protocol import EngineInput
 from gasnet_plugin.io.model_file import write_model
@@ -84,20 +82,11 @@ def main() -> None:
     args = parser.parse_args()
     skip = set(args.skip.split(","))
 
-    labels = read_labels(SHARED)
-    files = sorted({SHARED / re.sub(r"#.*$", "", label["path"]) for label in labels})
-    archive = run_pipeline({"stages": ["resample"], "output": {"arrays": ["flux", "ivar"]}},
-                           [str(f) for f in files], progress=False)
-    pairs = match(labels, archive.results, SHARED)
-    rows = np.array([i for _, i in pairs])
-    cls = np.array([lab["cls"] for lab, _ in pairs])
-    sub = np.array([lab["subclass"] for lab, _ in pairs])
-    z = np.array([float(lab["z"]) for lab, _ in pairs])
+    data = labelled_real_spectra()
+    cls, sub, z, flux, ivar = data.cls, data.sub, data.z, data.flux, data.ivar
+    grid = data.archive.arrays.loglam
     train, rng = split_half(cls, args.seed)
     held = ~train
-    flux = archive.arrays.arrays["flux"][rows]
-    ivar = archive.arrays.arrays["ivar"][rows]
-    grid = archive.arrays.loglam
 
     published = load_model()
     reference = reference_set(published, flux[train], ivar[train], cls[train])
@@ -150,7 +139,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     print(f"machine: {machine()}")
-    print(f"data: {len(pairs)} labelled real spectra; training half {train.sum()}, held back "
+    print(f"data: {cls.size} labelled real spectra; training half {train.sum()}, held back "
           f"{held.sum()} (scored); {args.mocks} mocks per class; up to {args.epochs} epochs; "
           f"seed {args.seed}; training times (s, {args.threads} threads): "
           + ", ".join(f"{k} {v:.0f}" for k, v in timing.items()))

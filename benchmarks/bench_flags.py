@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import tempfile
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
-from _common import REPO, SHARED, machine, split_half, table
-from bench_accuracy import match, read_labels
+from _common import REPO, machine, split_half, table
+from bench_accuracy import labelled_real_spectra
 
 from gasnet_plugin.api import run_pipeline
 from gasnet_plugin.metrics import delta_z
@@ -74,17 +73,12 @@ def main() -> None:
     parser.add_argument("--write-defaults", action="store_true")
     args = parser.parse_args()
 
-    labels = read_labels(SHARED)
-    files = sorted({SHARED / re.sub(r"#.*$", "", label["path"]) for label in labels})
-    archive = run_pipeline(MEASURE, [str(f) for f in files], progress=False)
-    pairs = match(labels, archive.results, SHARED)
-    rows = np.array([i for _, i in pairs])
+    data = labelled_real_spectra(MEASURE)
+    archive, rows, cls, z = data.archive, data.rows, data.cls, data.z
     results = archive.results[rows]
-    cls = np.array([lab["cls"] for lab, _ in pairs])
-    z = np.array([float(lab["z"]) for lab, _ in pairs])
     train, rng = split_half(cls, args.seed)
     held = np.flatnonzero(~train)
-    part_a = np.zeros(len(pairs), bool)
+    part_a = np.zeros(cls.size, bool)
     part_a[np.random.default_rng([args.seed, 11]).permutation(held)[: held.size // 2]] = True
     part_b = ~train & ~part_a
     spectype = np.char.strip(np.asarray(results["SPECTYPE"]).astype(str))
@@ -106,14 +100,14 @@ def main() -> None:
 
     # two-fold: calibrate on A, measure on B, and the other way round; the shipped
     # thresholds are calibrated on the whole held-out half
-    zwarn = np.zeros(len(pairs), np.int64)
+    zwarn = np.zeros(cls.size, np.int64)
     zwarn[part_b] = flagged(part_b, calibrate(part_a, "held-out part A"))
     zwarn[part_a] = flagged(part_a, calibrate(part_b, "held-out part B"))
     held_mask = ~train
     thresholds = calibrate(held_mask, "the half kept out of GaSNet-II training")
     zwarn[train] = flagged(train, thresholds)
     print(f"machine: {machine()}")
-    print(f"data: {len(pairs)} labelled real spectra; held-out half {held_mask.sum()} "
+    print(f"data: {cls.size} labelled real spectra; held-out half {held_mask.sum()} "
           f"({wrong[held_mask].sum()} wrong) in two parts A {part_a.sum()} / B "
           f"{part_b.sum()}: each part is flagged with thresholds calibrated on the other; "
           f"rate {args.rate}")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
@@ -25,10 +24,9 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
-from _common import SHARED, machine, split_half, table
-from bench_accuracy import match, read_labels
+from _common import machine, split_half, table
+from bench_accuracy import labelled_real_spectra
 
-from gasnet_plugin.api import run_pipeline
 from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
 from gasnet_plugin.engines.protocol import EngineInput
 from gasnet_plugin.io.model_file import write_model
@@ -56,14 +54,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    labels = read_labels(SHARED)
-    files = sorted({SHARED / re.sub(r"#.*$", "", label["path"]) for label in labels})
-    archive = run_pipeline({"stages": ["resample"], "output": {"arrays": ["flux", "ivar"]}},
-                           [str(f) for f in files], progress=False)
-    pairs = match(labels, archive.results, SHARED)
-    rows = np.array([i for _, i in pairs])
-    cls = np.array([lab["cls"] for lab, _ in pairs])
-    z = np.array([float(lab["z"]) for lab, _ in pairs])
+    data = labelled_real_spectra()
+    archive, rows, cls, z = data.archive, data.rows, data.cls, data.z
     train, rng = split_half(cls, args.seed)
     flux = archive.arrays.arrays["flux"][rows]
     ivar = archive.arrays.arrays["ivar"][rows]
@@ -117,7 +109,7 @@ def main() -> None:
                                    f"{m.mad:.2e}", f"{m.catastrophic[0.01]:.3f}", f"{acc:.3f}",
                                    f"{timing.get(name, 0):.0f}"))
     print(f"machine: {machine()}")
-    print(f"data: {len(pairs)} labelled real spectra; training half {train.sum()}, held back "
+    print(f"data: {cls.size} labelled real spectra; training half {train.sum()}, held back "
           f"{held.sum()}; {args.mocks} mocks per class for scratch; {args.epochs} epochs max "
           f"(early stopping, patience {args.patience}); seed {args.seed}")
     print(table(table_rows, ("model", "set", "n", "GF<.0033", "GF<.001", "MAD", "cat>.01",

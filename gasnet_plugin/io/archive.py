@@ -13,7 +13,6 @@ renamed into place, so a failed run never leaves a half-written archive behind.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from asdf.exceptions import AsdfWarning, ValidationError
 from astropy.table import Table
 
 from gasnet_plugin.io.asdf_extension import ARCHIVE_SCHEMA_URI
+from gasnet_plugin.io.atomic import write_asdf_atomically
 from gasnet_plugin.zwarning import FATAL
 
 
@@ -126,14 +126,7 @@ class RunArchive:
             af.validate()
         except ValidationError as exc:
             raise ArchiveError(f"{path}: archive fails its schema: {exc.message}") from exc
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            af.write_to(temporary)
-            os.replace(temporary, path)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                temporary.unlink()
-        return path
+        return write_asdf_atomically(af, path)
 
     def summary(self) -> str:
         """A few lines describing the archive (what ``gasnet info`` prints)."""

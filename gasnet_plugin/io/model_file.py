@@ -3,7 +3,6 @@ and on read."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from pathlib import Path
@@ -13,6 +12,7 @@ import asdf
 from asdf.exceptions import AsdfWarning, ValidationError
 
 from gasnet_plugin.io.asdf_extension import MODEL_FILE_SCHEMA_URI
+from gasnet_plugin.io.atomic import write_asdf_atomically
 from gasnet_plugin.models.eigen_model import EigenModel, ModelError
 from gasnet_plugin.models.gasnet2 import CNNModel
 
@@ -32,14 +32,7 @@ def write_model(model: EigenModel | CNNModel, path: str | os.PathLike[str], over
         af.validate()
     except ValidationError as exc:
         raise ModelError(f"{path}: model fails its schema: {exc.message}") from exc
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        af.write_to(temporary, all_array_compression="zlib")
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-    return path
+    return write_asdf_atomically(af, path, all_array_compression="zlib")
 
 
 def read_model(path: str | os.PathLike[str], kind: type[AnyModel] = EigenModel) -> AnyModel:

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from gasnet_plugin.io.atomic import write_asdf_atomically
 from gasnet_plugin.models.eigen_model import ModelError
 from gasnet_plugin.models.gasnet2 import (
     CNNModel,
@@ -389,14 +390,11 @@ def write_cnn_checkpoint(path: str | os.PathLike[str], model: CNNModel,
     """Write a resumable training state (atomically)."""
     import asdf
 
-    path = Path(path)
     tree = {"model": model, "best_weights": best_weights, "epoch": int(epoch),
             "history": {"train": history.train, "val": history.val, "score": history.score,
                         "best_epoch": int(history.best_epoch)},
             "optimiser": _optimiser_arrays(optimiser)}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    asdf.AsdfFile(tree).write_to(temporary)
-    os.replace(temporary, path)
+    write_asdf_atomically(asdf.AsdfFile(tree), path)
 
 
 def read_cnn_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

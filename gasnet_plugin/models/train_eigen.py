@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from gasnet_plugin.engines.gasnet3 import preprocess
+from gasnet_plugin.io.atomic import write_asdf_atomically
 from gasnet_plugin.models.eigen_model import (
     ENCODER_TYPE,
     EigenModel,
@@ -300,9 +301,7 @@ def write_checkpoint(path: str | os.PathLike[str], model: EigenModel, history: H
     tree = {"model": model, "history": {"train": history.train, "val": history.val,
                                         "best_epoch": history.best_epoch},
             "classes": previous}
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    asdf.AsdfFile(tree).write_to(temporary)
-    os.replace(temporary, path)
+    write_asdf_atomically(asdf.AsdfFile(tree), path)
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

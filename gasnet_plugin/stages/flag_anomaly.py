@@ -296,6 +296,7 @@ def write_thresholds(thresholds: FlagThresholds, path: str | os.PathLike[str]) -
     from asdf.exceptions import ValidationError
 
     from gasnet_plugin.io.asdf_extension import THRESHOLDS_SCHEMA_URI
+    from gasnet_plugin.io.atomic import write_asdf_atomically
 
     path = Path(path)
     af = asdf.AsdfFile({"flag_thresholds": thresholds.as_tree()},
@@ -304,10 +305,7 @@ def write_thresholds(thresholds: FlagThresholds, path: str | os.PathLike[str]) -
         af.validate()
     except ValidationError as exc:
         raise ThresholdsError(f"{path}: thresholds fail their schema: {exc.message}") from exc
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    af.write_to(temporary)
-    os.replace(temporary, path)
-    return path
+    return write_asdf_atomically(af, path)
 
 
 def read_thresholds(path: str | os.PathLike[str] = "default") -> FlagThresholds:
