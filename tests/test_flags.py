@@ -90,6 +90,13 @@ def test_thresholds_files_round_trip_and_are_validated(tmp_path):
     thresholds.low_prob = 2.0
     with pytest.raises(ThresholdsError, match=r"bad\.asdf: thresholds fail their schema"):
         write_thresholds(thresholds, tmp_path / "bad.asdf")
+    tampered = tmp_path / "tampered.asdf"                 # schema applied on read too
+    text = path.read_bytes()
+    value = f"low_prob: {again.low_prob!r}".encode()
+    assert value in text
+    tampered.write_bytes(text.replace(value, b"low_prob: 7" + b" " * (len(value) - 11)))
+    with pytest.raises(ThresholdsError, match=r"tampered\.asdf: not a valid gasnet thresholds"):
+        read_thresholds(tampered)
     with pytest.raises(ThresholdsError, match="no such thresholds file"):
         read_thresholds(tmp_path / "missing.asdf")
     (tmp_path / "junk.asdf").write_text("junk")

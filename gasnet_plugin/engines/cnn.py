@@ -94,12 +94,10 @@ class CNNEngine(RedshiftEngine):
         z_min, z_max = self.model.z_range
         at_edge = (prediction.z <= z_min) | (prediction.z >= z_max)
         zwarn = np.where(at_edge, int(ZWarn.Z_AT_EDGE), 0).astype(np.int64)
-        spread = np.log1p(prediction.z_heads).std(axis=1, ddof=1) \
-            if prediction.z_heads.shape[1] > 1 else np.full(n, np.nan)
         return EngineResult(
             columns={"Z": prediction.z, "ZERR": prediction.z_err, "SPECTYPE": spectype,
                      "SUBTYPE": subtype, "CHI2": np.full(n, np.nan),
-                     "DELTACHI2": np.full(n, np.nan), "CNN_ZSPREAD": spread},
+                     "DELTACHI2": np.full(n, np.nan), "CNN_ZSPREAD": prediction.spread},
             zwarn=zwarn,
             reasons={int(ZWarn.Z_AT_EDGE): f"cnn z at the edge of the regressor's range "
                                            f"{z_min:g}..{z_max:g}"})

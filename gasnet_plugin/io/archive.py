@@ -14,18 +14,17 @@ renamed into place, so a failed run never leaves a half-written archive behind.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import asdf
 import numpy as np
-from asdf.exceptions import AsdfWarning, ValidationError
+from asdf.exceptions import ValidationError
 from astropy.table import Table
 
 from gasnet_plugin.io.asdf_extension import ARCHIVE_SCHEMA_URI
-from gasnet_plugin.io.atomic import write_asdf_atomically
+from gasnet_plugin.io.asdf_files import read_validated, write_asdf_atomically
 from gasnet_plugin.zwarning import FATAL
 
 
@@ -170,27 +169,18 @@ def read_archive(path: str | os.PathLike[str]) -> RunArchive:
     path = Path(path)
     if not path.is_file():
         raise ArchiveError(f"{path}: no such file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", AsdfWarning)
-            with asdf.open(path, custom_schema=ARCHIVE_SCHEMA_URI, lazy_load=False,
-                           memmap=False, validate_checksums=True) as af:
-                af.validate()   # asdf 6 does not apply custom_schema on open by itself
-                results = Table(af["results"], copy=True)
-                run = af["run"]
-                arrays = af.tree.get("arrays")
-                if arrays is not None:
-                    arrays = SpectrumArrays(
-                        loglam=np.array(arrays.loglam), flux_unit=arrays.flux_unit,
-                        arrays={k: np.array(v) for k, v in arrays.arrays.items()},
-                        axes={k: {n: np.array(x) if hasattr(x, "shape") else x
-                                  for n, x in v.items()} for k, v in arrays.axes.items()})
-    except ValidationError as exc:
-        raise ArchiveError(f"{path}: not a valid gasnet results archive: {exc.message}") from exc
-    except AsdfWarning as exc:
-        raise ArchiveError(f"{path}: refused: {exc}") from exc
-    except Exception as exc:
-        raise ArchiveError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from exc
+    def extract(af: asdf.AsdfFile) -> tuple[Table, Any, SpectrumArrays | None]:
+        arrays = af.tree.get("arrays")
+        if arrays is not None:
+            arrays = SpectrumArrays(
+                loglam=np.array(arrays.loglam), flux_unit=arrays.flux_unit,
+                arrays={k: np.array(v) for k, v in arrays.arrays.items()},
+                axes={k: {n: np.array(x) if hasattr(x, "shape") else x
+                          for n, x in v.items()} for k, v in arrays.axes.items()})
+        return Table(af["results"], copy=True), af["run"], arrays
+
+    results, run, arrays = read_validated(path, ARCHIVE_SCHEMA_URI, extract, ArchiveError,
+                                          "gasnet results archive")
     if not isinstance(run, RunInfo):
         raise ArchiveError(f"{path}: 'run' is not a gasnet run record")
     archive = RunArchive(results=results, run=run, arrays=arrays)

@@ -4,15 +4,14 @@ and on read."""
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import TypeVar
 
 import asdf
-from asdf.exceptions import AsdfWarning, ValidationError
+from asdf.exceptions import ValidationError
 
 from gasnet_plugin.io.asdf_extension import MODEL_FILE_SCHEMA_URI
-from gasnet_plugin.io.atomic import write_asdf_atomically
+from gasnet_plugin.io.asdf_files import read_validated, write_asdf_atomically
 from gasnet_plugin.models.eigen_model import EigenModel, ModelError
 from gasnet_plugin.models.gasnet2 import CNNModel
 
@@ -47,19 +46,8 @@ def read_model(path: str | os.PathLike[str], kind: type[AnyModel] = EigenModel) 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", AsdfWarning)
-            with asdf.open(path, custom_schema=MODEL_FILE_SCHEMA_URI, lazy_load=False,
-                           memmap=False, validate_checksums=True) as af:
-                af.validate()
-                model = af["model"]
-    except ValidationError as exc:
-        raise ModelError(f"{path}: not a valid gasnet model file: {exc.message}") from exc
-    except AsdfWarning as exc:
-        raise ModelError(f"{path}: refused: {exc}") from exc
-    except Exception as exc:
-        raise ModelError(f"{path}: cannot read model: {type(exc).__name__}: {exc}") from exc
+    model = read_validated(path, MODEL_FILE_SCHEMA_URI, lambda af: af["model"], ModelError,
+                           "gasnet model file")
     if not isinstance(model, kind):
         raise ModelError(f"{path}: 'model' is not a {KIND_NAMES[kind]} (it is a "
                          f"{KIND_NAMES.get(type(model), type(model).__name__)})")

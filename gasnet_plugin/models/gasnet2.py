@@ -238,11 +238,13 @@ class Classification:
 @dataclass
 class RedshiftPrediction:
     """A regressor's output for ``B`` spectra: ``z`` ``(B,)`` (mean of the heads),
-    ``z_err`` ``(B,)`` (calibrated spread), and ``z_heads`` ``(B, n_heads)``."""
+    ``z_err`` ``(B,)`` (calibrated spread), ``z_heads`` ``(B, n_heads)``, and ``spread``
+    ``(B,)``, the heads' raw standard deviation in ln(1 + z) (NaN for one head)."""
 
     z: np.ndarray
     z_err: np.ndarray
     z_heads: np.ndarray
+    spread: np.ndarray
 
 
 class CNNPredictor:
@@ -303,7 +305,8 @@ def redshift_from_heads(ln1pz: np.ndarray, model: CNNModel) -> RedshiftPredictio
         else np.full(mean.shape, np.nan)
     z = np.clip(np.expm1(mean), z_min, z_max)
     z_err = model.sigma_scale * spread * (1.0 + z)
-    return RedshiftPrediction(z=z, z_err=z_err, z_heads=np.expm1(ln1pz.astype(np.float64)))
+    return RedshiftPrediction(z=z, z_err=z_err, z_heads=np.expm1(ln1pz.astype(np.float64)),
+                              spread=spread)
 
 
 def check_grid(model: CNNModel, loglam: np.ndarray) -> None:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gasnet_plugin.io.atomic import write_asdf_atomically
+from gasnet_plugin.io.asdf_files import write_asdf_atomically
 from gasnet_plugin.models.eigen_model import ModelError
 from gasnet_plugin.models.gasnet2 import (
     CNNModel,

@@ -29,7 +29,7 @@ import torch
 from tqdm import tqdm
 
 from gasnet_plugin.engines.gasnet3 import preprocess
-from gasnet_plugin.io.atomic import write_asdf_atomically
+from gasnet_plugin.io.asdf_files import write_asdf_atomically
 from gasnet_plugin.models.eigen_model import (
     ENCODER_TYPE,
     EigenModel,

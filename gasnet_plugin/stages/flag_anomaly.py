@@ -43,6 +43,7 @@ import numpy as np
 
 from gasnet_plugin import hookimpl
 from gasnet_plugin.stages.base import RunContext, Stage
+from gasnet_plugin.stages.classify import probability_column
 from gasnet_plugin.zwarning import FATAL, ZWarn
 
 if TYPE_CHECKING:
@@ -149,7 +150,7 @@ def anomaly_scores(table: Table, chi2_median: dict[str, np.ndarray] | None = Non
         scores["SCORE_ZDIFF"] = np.abs(z - cnn_z) / np.maximum(error, 1e-12)
     probability = np.full(n, np.nan)
     for name in np.unique(spectype):
-        column = "P_" + name
+        column = probability_column(name)
         if name and column in table.colnames:
             rows = spectype == name
             probability[rows] = np.asarray(table[column], dtype=float)[rows]
@@ -277,8 +278,10 @@ def apply_flags(table: Table, thresholds: FlagThresholds) -> Flags:
     best = np.argmax(ratios, axis=0)
     anomaly = ratios[best, np.arange(len(table))]
     anomaly = np.where(np.isfinite(anomaly) & usable, anomaly, np.nan)
-    reason = np.array([f"{SCORES[b]}={scores[SCORES[b]][i]:.3g}" if np.isfinite(anomaly[i])
-                       else "" for i, b in enumerate(best)], dtype=object)
+    best_value = np.stack([scores[name] for name in SCORES])[best, np.arange(len(table))]
+    reason = np.char.add(np.char.add(np.asarray(SCORES)[best], "="),
+                         np.char.mod("%.3g", best_value)).astype(object)
+    reason[~np.isfinite(anomaly)] = ""
     return Flags(scores, bits, reasons, anomaly, reason)
 
 
@@ -296,7 +299,7 @@ def write_thresholds(thresholds: FlagThresholds, path: str | os.PathLike[str]) -
     from asdf.exceptions import ValidationError
 
     from gasnet_plugin.io.asdf_extension import THRESHOLDS_SCHEMA_URI
-    from gasnet_plugin.io.atomic import write_asdf_atomically
+    from gasnet_plugin.io.asdf_files import write_asdf_atomically
 
     path = Path(path)
     af = asdf.AsdfFile({"flag_thresholds": thresholds.as_tree()},
@@ -310,32 +313,27 @@ def write_thresholds(thresholds: FlagThresholds, path: str | os.PathLike[str]) -
 
 def read_thresholds(path: str | os.PathLike[str] = "default") -> FlagThresholds:
     """Read and validate a thresholds file (``"default"``: the shipped one)."""
-    import asdf
-
     from gasnet_plugin.io.asdf_extension import THRESHOLDS_SCHEMA_URI
+    from gasnet_plugin.io.asdf_files import read_validated
 
     path = default_thresholds_path() if str(path) == "default" else Path(path)
     if not path.is_file():
         raise ThresholdsError(f"{path}: no such thresholds file")
-    try:
-        with asdf.open(path, custom_schema=THRESHOLDS_SCHEMA_URI, lazy_load=False,
-                       memmap=False) as af:
-            tree = af["flag_thresholds"]
-            edges = [float(e) for e in tree["snr_edges"]]
-            if edges != [float(e) for e in SNR_EDGES[1:-1]]:
-                raise ThresholdsError(f"{path}: S/N bins {edges} are not {SNR_EDGES[1:-1]}")
-            return FlagThresholds(
-                **{k: float(tree[k]) for k in ("low_snr", "large_chi2", "degenerate",
-                                                "z_disagree", "low_prob", "class_doubt",
-                                                "rate")},
-                chi2_median={k: np.array(v) for k, v in tree["chi2_median"].items()},
-                chi2_scatter={k: np.array(v) for k, v in tree["chi2_scatter"].items()},
-                provenance=dict(tree["provenance"]))
-    except ThresholdsError:
-        raise
-    except Exception as exc:
-        raise ThresholdsError(f"{path}: not a valid thresholds file: "
-                              f"{type(exc).__name__}: {exc}") from exc
+
+    def extract(af: Any) -> FlagThresholds:
+        tree = af["flag_thresholds"]
+        edges = [float(e) for e in tree["snr_edges"]]
+        if edges != [float(e) for e in SNR_EDGES[1:-1]]:
+            raise ThresholdsError(f"{path}: S/N bins {edges} are not {SNR_EDGES[1:-1]}")
+        return FlagThresholds(
+            **{k: float(tree[k]) for k in ("low_snr", "large_chi2", "degenerate",
+                                            "z_disagree", "low_prob", "class_doubt", "rate")},
+            chi2_median={k: np.array(v) for k, v in tree["chi2_median"].items()},
+            chi2_scatter={k: np.array(v) for k, v in tree["chi2_scatter"].items()},
+            provenance=dict(tree["provenance"]))
+
+    return read_validated(path, THRESHOLDS_SCHEMA_URI, extract, ThresholdsError,
+                          "gasnet thresholds file")
 
 
 # -- the stage ----------------------------------------------------------------------------

@@ -1,0 +1,66 @@
+"""Reading and writing our ASDF files (archives, models, thresholds, checkpoints).
+
+Writes are atomic: a file is whole or absent, never half-written. Reads of validated files
+go through one path: the whole file into memory, our schema applied, block checksums
+checked, asdf's warnings (unknown tags, ...) turned into refusals, and every failure
+reported with the file's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asdf
+from asdf.exceptions import AsdfWarning, ValidationError
+
+T = TypeVar("T")
+
+
+def write_asdf_atomically(af: asdf.AsdfFile, path: str | os.PathLike[str],
+                          **write_options: Any) -> Path:
+    """Write ``af`` under a temporary name beside ``path`` and rename it into place
+    (``os.replace`` is atomic on POSIX); the temporary file never outlives a failure."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        af.write_to(temporary, **write_options)
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+    return path
+
+
+def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile], T],
+                   error: type[Exception], what: str) -> T:
+    """Open ``path`` fully into memory, validate it against ``schema_uri`` (asdf 6 does
+    not apply a ``custom_schema`` on open by itself) and with block checksums, and return
+    ``extract(af)``.
+
+    Raises
+    ------
+    error
+        ``"<path>: not a valid <what>: ..."`` (schema), ``"<path>: refused: ..."`` (an asdf
+        warning, e.g. an unknown tag), ``"<path>: cannot read <what>: ..."`` (anything
+        else); an ``error`` raised by ``extract`` passes unchanged.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", AsdfWarning)
+            with asdf.open(path, custom_schema=schema_uri, lazy_load=False, memmap=False,
+                           validate_checksums=True) as af:
+                af.validate()
+                return extract(af)
+    except error:
+        raise
+    except ValidationError as exc:
+        raise error(f"{path}: not a valid {what}: {exc.message}") from exc
+    except AsdfWarning as exc:
+        raise error(f"{path}: refused: {exc}") from exc
+    except Exception as exc:
+        raise error(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from exc
