@@ -25,7 +25,7 @@ def as_config(config: str | os.PathLike[str] | dict[str, Any] | PipelineConfig,
 def run_pipeline(config: str | os.PathLike[str] | dict[str, Any] | PipelineConfig,
                  inputs: Sequence[str | os.PathLike[str]],
                  output: str | os.PathLike[str] | None = None, overwrite: bool = False,
-                 progress: bool | None = None) -> RunArchive:
+                 progress: bool | None = None, resume: bool = False) -> RunArchive:
     """Run a pipeline on files, folders or glob patterns, as ``gasnet run`` does.
 
     Parameters
@@ -40,17 +40,23 @@ def run_pipeline(config: str | os.PathLike[str] | dict[str, Any] | PipelineConfi
         Replace an existing ``output``.
     progress
         Show a progress bar (``None``: the config decides).
+    resume
+        With ``output``: finish a stopped run from its shards (see
+        :meth:`~gasnet_plugin.host.runner.Pipeline.run_to_file`).
 
     Returns
     -------
     RunArchive
         ``archive.results`` is the table, one row per input spectrum.
+
+    With ``output``, the run streams to shards beside it (memory stays flat, the config's
+    executor is used); without, it runs in this process and in memory.
     """
     pipeline = Pipeline(as_config(config))
-    archive = pipeline.run([Path(p) for p in inputs], progress=progress)
     if output is not None:
-        archive.write(output, overwrite=overwrite)
-    return archive
+        return pipeline.run_to_file([Path(p) for p in inputs], output, resume=resume,
+                                    overwrite=overwrite, progress=progress)
+    return pipeline.run([Path(p) for p in inputs], progress=progress)
 
 
 def process_spectra(config: str | os.PathLike[str] | dict[str, Any] | PipelineConfig,

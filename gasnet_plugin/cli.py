@@ -49,30 +49,48 @@ def main() -> None:
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="ASDF archive to write.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUTPUT if it exists (and the shards of a stopped run).")
+@click.option("--resume", is_flag=True,
+              help="Finish a stopped run: keep the shards in OUTPUT.parts/ and compute the "
+                   "rest. Same archive as an uninterrupted run.")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar over the files (default: on a terminal, >1 file).")
-def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool,
-        progress: bool | None) -> None:
-    """Run the pipeline of CONFIG on INPUTS (files, folders or glob patterns)."""
+@click.option("--device", default=None,
+              help="Torch device for every stage (cpu, cuda, cuda:N); overrides the config.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="Where the batches run; overrides the config's executor.name.")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address (implies --executor dask); default: a "
+                   "LocalCluster on this machine.")
+def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, resume: bool,
+        progress: bool | None, device: str | None, executor: str | None,
+        scheduler: str | None) -> None:
+    """Run the pipeline of CONFIG on INPUTS (files, folders or glob patterns).
+
+    Memory stays flat however many spectra there are: results go to shards in
+    OUTPUT.parts/ as the run goes and are merged into OUTPUT at the end.
+    """
     from gasnet_plugin.api import as_config
-    from gasnet_plugin.host.config import ConfigError
-    from gasnet_plugin.host.inputs import expand_inputs
+    from gasnet_plugin.host.config import ConfigError, parse_config
     from gasnet_plugin.host.runner import Pipeline
     from gasnet_plugin.io.archive import ArchiveError
     from gasnet_plugin.zwarning import FATAL
 
-    if output.exists() and not overwrite:
-        _fail(f"{output}: exists (use --overwrite to replace it)")
     try:
-        pipeline = Pipeline(as_config(config))
-        files = expand_inputs(inputs)
-    except ConfigError as exc:
-        _fail(str(exc))
-    archive = pipeline.run(files, progress=progress)
-    try:
-        archive.write(output, overwrite=overwrite)
-    except ArchiveError as exc:
+        settings = as_config(config)
+        overrides = settings.as_dict()
+        if device is not None:
+            overrides["device"] = device
+        if scheduler is not None:
+            executor = "dask"
+            overrides["executor"]["scheduler"] = scheduler
+        if executor is not None:
+            overrides["executor"]["name"] = executor
+        pipeline = Pipeline(parse_config(overrides, source=settings.source))
+        archive = pipeline.run_to_file(inputs, output, resume=resume, overwrite=overwrite,
+                                       progress=progress)
+    except (ConfigError, ArchiveError) as exc:
         _fail(str(exc))
     run_info = archive.run
     click.echo(f"wrote {output}: {run_info.n_spectra} spectra from {len(run_info.inputs)} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -33,3 +34,13 @@ def shared_data() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared/data is not available")
     return SHARED
+
+
+def require(module: str, flag: str) -> None:
+    """Skip without ``module``, unless CI says it must be there (``flag`` set)."""
+    try:
+        __import__(module)
+    except ImportError:
+        if os.environ.get(flag):
+            pytest.fail(f"{module} is required here ({flag} is set) but not installed")
+        pytest.skip(f"{module} is not installed")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from astropy.nddata import InverseVariance
 from click.testing import CliRunner
-from conftest import DATA, REPO, SDSS_FILES
+from conftest import DATA, REPO, SDSS_FILES, require
 from specutils import Spectrum
 
 from gasnet_plugin.api import process_spectra, run_pipeline
@@ -20,16 +20,6 @@ from gasnet_plugin.host.plugins import PluginHost
 from gasnet_plugin.host.runner import Pipeline
 
 TINY = DATA / "redrock-templates"
-
-
-def require(module: str, flag: str) -> None:
-    """Skip without ``module``, unless CI says it must be there (``flag`` set)."""
-    try:
-        __import__(module)
-    except ImportError:
-        if os.environ.get(flag):
-            pytest.fail(f"{module} is required here ({flag} is set) but not installed")
-        pytest.skip(f"{module} is not installed")
 
 
 @pytest.fixture(scope="module")

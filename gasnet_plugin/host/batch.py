@@ -28,11 +28,18 @@ class InputBlock:
         when the file could not be read.
     error
         Why the file could not be read (then ``rows`` has one row for the file).
+    file_index
+        Position of the file in the run's input list (``-1`` for spectra not from a file).
+    first_row
+        Index, among all the spectra of that file, of this block's first spectrum; with
+        ``file_index`` it is where a resumed run or a worker picks up.
     """
 
     rows: Table
     spectrum: Spectrum | None = None
     error: str | None = None
+    file_index: int = -1
+    first_row: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -41,6 +48,9 @@ class InputBlock:
         """The block of spectra ``start:stop`` (a view where possible)."""
         if start == 0 and stop == len(self):
             return self
+        if self.spectrum is None:
+            raise ValueError("a block without a spectrum (an unreadable file) has one row "
+                             "and cannot be sliced")
         from specutils import Spectrum
 
         spectrum = self.spectrum
@@ -55,6 +65,8 @@ class InputBlock:
                 mask=None if spectrum.mask is None else spectrum.mask[start:stop],
                 meta={**spectrum.meta, "rows": self.rows[start:stop]},
             ),
+            file_index=self.file_index,
+            first_row=self.first_row + start,
         )
 
 

@@ -105,17 +105,28 @@ class PipelineConfig:
     stages: list[StageSpec]
     reader: str = "auto"
     batch_size: int = 256
+    shard_size: int = 8192
+    executor: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
     device: str = "cpu"
     progress: bool | None = None
     output: dict[str, Any] = field(default_factory=lambda: {"arrays": []})
     plugins: dict[str, Any] = field(default_factory=lambda: {"block": []})
     source: str = "<dict>"
 
+    @property
+    def spectra_per_shard(self) -> int:
+        """``shard_size`` rounded up to a whole number of batches, so that shard
+        boundaries are batch boundaries (a resumed run or a worker then forms exactly the
+        batches an uninterrupted local run forms, and gets bit-identical results)."""
+        return -(-self.shard_size // self.batch_size) * self.batch_size
+
     def as_dict(self) -> dict[str, Any]:
         """The configuration in the file's own layout (what the archive records)."""
         return {
             "reader": self.reader,
             "batch_size": self.batch_size,
+            "shard_size": self.shard_size,
+            "executor": copy.deepcopy(self.executor),
             "device": self.device,
             "progress": self.progress,
             "stages": [{spec.name: dict(spec.params)} for spec in self.stages],
@@ -147,10 +158,14 @@ def parse_config(raw: Any, source: str = "<dict>") -> PipelineConfig:
               **raw.get("output", {})}
     plugins = {**parameter_defaults(config_schema()["properties"]["plugins"]["properties"]),
                **raw.get("plugins", {})}
+    executor = {**parameter_defaults(config_schema()["properties"]["executor"]["properties"]),
+                **raw.get("executor", {})}
     return PipelineConfig(
         stages=stages,
         reader=raw.get("reader", top["reader"]),
         batch_size=raw.get("batch_size", top["batch_size"]),
+        shard_size=raw.get("shard_size", top["shard_size"]),
+        executor=executor,
         device=raw.get("device", top["device"]),
         progress=raw.get("progress", top["progress"]),
         output=output,

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime
 import platform
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,14 @@ from gasnet_plugin.host.batch import InputBlock, SpectrumBatch
 from gasnet_plugin.host.config import ConfigError, PipelineConfig
 from gasnet_plugin.host.inputs import expand_inputs
 from gasnet_plugin.host.plugins import PluginHost
-from gasnet_plugin.io.archive import RunArchive, RunInfo, SpectrumArrays, count_failed
+from gasnet_plugin.io.archive import (
+    ArchiveError,
+    RunArchive,
+    RunInfo,
+    SpectrumArrays,
+    count_failed,
+    read_archive,
+)
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
 from gasnet_plugin.stages.base import RunContext, Stage
@@ -83,18 +92,86 @@ def merge_results(tables: Sequence[Table]) -> Table:
     return out
 
 
-def merge_arrays(batches: Sequence[SpectrumBatch], names: Sequence[str]) -> dict[str, np.ndarray]:
-    """The requested per-spectrum arrays of all batches, stacked; zeros where absent."""
+def merge_arrays(parts: Sequence[tuple[int, dict[str, np.ndarray]]],
+                 names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Stack the requested per-spectrum arrays of consecutive parts.
+
+    Parameters
+    ----------
+    parts
+        ``(n_rows, arrays)`` per part, in row order; a part lacking an array (its stage
+        failed, or nothing in it could be resampled) gets zeros there.
+    names
+        The arrays wanted; one that no part has is left out.
+    """
     merged = {}
     for name in names:
-        template = next((b.arrays[name] for b in batches if name in b.arrays), None)
+        template = next((arrays[name] for _, arrays in parts if name in arrays), None)
         if template is None:
             continue
         merged[name] = np.concatenate([
-            b.arrays[name] if name in b.arrays
-            else np.zeros((len(b), *template.shape[1:]), dtype=template.dtype)
-            for b in batches])
+            arrays[name] if name in arrays
+            else np.zeros((n, *template.shape[1:]), dtype=template.dtype)
+            for n, arrays in parts])
     return merged
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A place in a run's inputs: spectrum ``row`` (counted within its file) of input file
+    ``file`` (index into the run's file list). Where a resumed run or a worker starts."""
+
+    file: int = 0
+    row: int = 0
+
+
+@dataclass
+class BatchOutput:
+    """What is kept of one processed batch once its spectra are let go.
+
+    Attributes
+    ----------
+    results
+        Results rows, one per spectrum of the batch.
+    arrays
+        The per-spectrum arrays the config archives (``output.arrays``), each ``(n, ...)``.
+    array_axes
+        What those arrays' trailing axes mean.
+    loglam
+        The common grid, log10 Å, ``(P,)``; ``None`` if nothing in the batch was resampled.
+    flux_unit
+        Unit of the flux-like arrays (``""`` when unknown).
+    end
+        The cursor just after the batch's last spectrum.
+    """
+
+    results: Table
+    arrays: dict[str, np.ndarray]
+    array_axes: dict[str, dict[str, Any]]
+    loglam: np.ndarray | None
+    flux_unit: str
+    end: Cursor
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+
+def assemble_outputs(outputs: Sequence[BatchOutput], names: Sequence[str]
+                     ) -> tuple[Table, SpectrumArrays | None]:
+    """The results table and (if ``names``) the archived arrays of consecutive outputs."""
+    results = merge_results([output.results for output in outputs])
+    if not names:
+        return results, None
+    loglam = next((o.loglam for o in outputs if o.loglam is not None), np.zeros(0))
+    unit = next((o.flux_unit for o in outputs if o.loglam is not None), "")
+    axes: dict[str, dict[str, Any]] = {}
+    for output in outputs:
+        axes.update(output.array_axes)
+    arrays = SpectrumArrays(
+        loglam=np.asarray(loglam), flux_unit=unit,
+        arrays=merge_arrays([(len(o), o.arrays) for o in outputs], names),
+        axes={k: v for k, v in axes.items() if k in names})
+    return results, arrays
 
 
 class Pipeline:
@@ -127,6 +204,13 @@ class Pipeline:
             raise ConfigError(f"{config.source}: output.arrays: {unknown} offered by no enabled "
                               f"stage (available: {', '.join(sorted(offered)) or 'none'})")
         self._ready = False
+        self.stage_seconds: dict[str, float] = {}
+        """Wall seconds spent in each stage's ``process`` so far (for benchmarks)."""
+
+    @property
+    def archived_arrays(self) -> list[str]:
+        """Names of the per-spectrum arrays the archive keeps (``output.arrays``)."""
+        return list(self.config.output.get("arrays", []))
 
     def _resolve(self, lookup: Any, where: str) -> Any:
         try:
@@ -158,16 +242,58 @@ class Pipeline:
 
     # -- reading ---------------------------------------------------------------------------
 
-    def read_blocks(self, files: Iterable[Path]) -> Iterator[InputBlock]:
-        """Input blocks of every file, in order; an unreadable file gives a flagged block."""
-        for path in files:
-            try:
-                spectra = read_spectra(path, self.config.reader, self.plugins.readers)
-            except UnreadableFileError as exc:
-                yield InputBlock(rows=label_rows(1, str(path)), error=str(exc))
-                continue
-            for spectrum in spectra:
-                yield InputBlock(rows=spectrum.meta["rows"], spectrum=spectrum)
+    def read_file(self, path: Path, file_index: int = -1) -> Iterator[InputBlock]:
+        """The input blocks of one file; an unreadable file gives one flagged block."""
+        try:
+            spectra = read_spectra(path, self.config.reader, self.plugins.readers)
+        except UnreadableFileError as exc:
+            yield InputBlock(rows=label_rows(1, str(path)), error=str(exc),
+                             file_index=file_index)
+            return
+        first_row = 0
+        for spectrum in spectra:
+            rows = spectrum.meta["rows"]
+            yield InputBlock(rows=rows, spectrum=spectrum, file_index=file_index,
+                             first_row=first_row)
+            first_row += len(rows)
+
+    def read_blocks(self, files: Sequence[Path], start: Cursor = Cursor(),
+                    limit: int | None = None,
+                    on_file_read: Callable[[], None] | None = None) -> Iterator[InputBlock]:
+        """Input blocks of ``files``, in order, from ``start`` on.
+
+        Parameters
+        ----------
+        files
+            The run's input files.
+        start
+            The first spectrum to deliver; the files before ``start.file`` are not opened.
+        limit
+            Deliver at most this many spectra (``None``: to the end).
+        on_file_read
+            Called once per file opened (a progress bar's update).
+        """
+        remaining = limit
+        for file_index in range(start.file, len(files)):
+            skip = start.row if file_index == start.file else 0
+            row = 0
+            for block in self.read_file(files[file_index], file_index):
+                n = len(block)
+                if row + n <= skip:
+                    row += n
+                    continue
+                low = max(skip - row, 0)
+                high = n if remaining is None else min(n, low + remaining)
+                row += n
+                yield block.slice(low, high)
+                if remaining is not None:
+                    remaining -= high - low
+                    if remaining == 0:
+                        if on_file_read is not None:
+                            on_file_read()
+                        return
+            if on_file_read is not None:
+                on_file_read()
 
     def batches(self, blocks: Iterable[InputBlock]) -> Iterator[SpectrumBatch]:
         """Group blocks into batches of ``batch_size`` spectra (splitting large blocks)."""
@@ -178,8 +304,7 @@ class Pipeline:
             start = 0
             while start < len(block):
                 take = min(size - filled, len(block) - start)
-                pending.append(block.slice(start, start + take) if block.spectrum is not None
-                               else block)
+                pending.append(block.slice(start, start + take))
                 filled += take
                 start += take
                 if filled == size:
@@ -198,7 +323,10 @@ class Pipeline:
         """
         try:
             for stage in self.stages:
+                began = time.perf_counter()
                 stage.process(batch)
+                self.stage_seconds[stage.name] = (self.stage_seconds.get(stage.name, 0.0)
+                                                  + time.perf_counter() - began)
             return [batch]
         except Exception as exc:
             if len(batch) == 1:
@@ -208,12 +336,58 @@ class Pipeline:
         singles = []
         for block in batch.blocks:
             for index in range(len(block)):
-                piece = block.slice(index, index + 1) if block.spectrum is not None else block
+                piece = block.slice(index, index + 1)
                 singles.extend(self.process_batch(SpectrumBatch([piece])))
         return singles
 
+    def output_of(self, processed: Sequence[SpectrumBatch], end: Cursor) -> BatchOutput:
+        """Keep the results and archived arrays of a processed batch (or of the
+        one-spectrum batches it was split into), dropping the spectra."""
+        names = self.archived_arrays
+        results = merge_results([batch.results() for batch in processed])
+        arrays = merge_arrays([(len(b), b.arrays) for b in processed], names)
+        axes: dict[str, dict[str, Any]] = {}
+        for batch in processed:
+            axes.update({k: v for k, v in batch.array_axes.items() if k in names})
+        resampled = next((b.spectrum for b in processed if b.spectrum is not None), None)
+        return BatchOutput(
+            results=results, arrays=arrays, array_axes=axes,
+            loglam=None if resampled is None else np.asarray(resampled.meta["loglam"]),
+            flux_unit="" if resampled is None else resampled.flux.unit.to_string(),
+            end=end)
+
+    def stream(self, files: Sequence[Path], start: Cursor = Cursor(), limit: int | None = None,
+               on_file_read: Callable[[], None] | None = None) -> Iterator[BatchOutput]:
+        """Process ``files`` batch by batch from ``start``; yields one output per batch.
+
+        Only the batch in hand holds spectra, so memory does not grow with the number of
+        spectra. Batches start at ``start`` and hold ``batch_size`` spectra each (the
+        last one fewer): starting at a multiple of ``batch_size`` in the run's global
+        order forms the same batches as a run from the beginning.
+        """
+        self.setup()
+        for batch in self.batches(self.read_blocks(files, start, limit, on_file_read)):
+            last = batch.blocks[-1]
+            end = Cursor(last.file_index, last.first_row + len(last))
+            yield self.output_of(self.process_batch(batch), end)
+
+    def run_info(self, files: Sequence[Path], results: Table) -> RunInfo:
+        """The run record of an archive of ``results`` read from ``files``."""
+        return RunInfo(
+            config=self.config.as_dict(),
+            software=software_versions(self.plugins),
+            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            inputs=[str(f) for f in files],
+            n_spectra=len(results),
+            n_failed=count_failed(results),
+        )
+
     def run(self, inputs: Sequence[str | Path], progress: bool | None = None) -> RunArchive:
-        """Run the pipeline on files, folders or glob patterns; returns the archive.
+        """Run the pipeline on files, folders or glob patterns, in this process and in
+        memory (only results and archived arrays are kept); returns the archive.
+
+        :meth:`run_to_file` (what ``gasnet run`` does) streams to shards instead, resumes
+        and can spread the work over Dask workers.
 
         Parameters
         ----------
@@ -224,44 +398,78 @@ class Pipeline:
             (and, if that is null, shows it for more than one file on a terminal).
         """
         files = expand_inputs(inputs)
-        self.setup()
+        with self.progress_bar(len(files), "file", progress) as bar:
+            outputs = list(self.stream(files, on_file_read=lambda: bar.update(1)))
+        results, arrays = assemble_outputs(outputs, self.archived_arrays)
+        return RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
+
+    def progress_bar(self, total: int, unit: str, progress: bool | None) -> tqdm:
+        """A tqdm bar on standard error, shown as ``progress`` (or the config) says."""
         if progress is None:
             progress = self.config.progress
         if progress is None:
-            progress = len(files) > 1 and sys.stderr.isatty()
-        done: list[SpectrumBatch] = []
-        with tqdm(total=len(files), unit="file", disable=not progress,
-                  file=sys.stderr, desc="gasnet") as bar:
-            def counted(paths: Iterable[Path]) -> Iterator[Path]:
-                for path in paths:
-                    yield path
-                    bar.update(1)
+            progress = total > 1 and sys.stderr.isatty()
+        return tqdm(total=total, unit=unit, disable=not progress, file=sys.stderr,
+                    desc="gasnet")
 
-            for batch in self.batches(self.read_blocks(counted(files))):
-                done.extend(self.process_batch(batch))
-        return self._archive(done, files)
+    def run_to_file(self, inputs: Sequence[str | Path], output: str | Path, *,
+                    resume: bool = False, overwrite: bool = False,
+                    progress: bool | None = None) -> RunArchive:
+        """Run the pipeline streaming to shards, then merge them into the archive.
 
-    def _archive(self, batches: Sequence[SpectrumBatch], files: Sequence[Path]) -> RunArchive:
-        results = merge_results([batch.results() for batch in batches])
-        names = self.config.output.get("arrays", [])
-        arrays = None
-        if names:
-            loglam = next((b.spectrum.meta["loglam"] for b in batches
-                           if b.spectrum is not None), np.zeros(0))
-            unit = next((b.spectrum.flux.unit.to_string() for b in batches
-                         if b.spectrum is not None), "")
-            axes = {}
-            for batch in batches:
-                axes.update(batch.array_axes)
-            arrays = SpectrumArrays(loglam=np.asarray(loglam), flux_unit=unit,
-                                    arrays=merge_arrays(batches, names),
-                                    axes={k: v for k, v in axes.items() if k in names})
-        run = RunInfo(
-            config=self.config.as_dict(),
-            software=software_versions(self.plugins),
-            created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            inputs=[str(f) for f in files],
-            n_spectra=len(results),
-            n_failed=count_failed(results),
-        )
-        return RunArchive(results=results, run=run, arrays=arrays)
+        Results go, every ``shard_size`` spectra, to a shard in ``OUTPUT.parts/``; memory
+        holds one batch of spectra and one shard of results. The executor of the config
+        (``local`` or ``dask``) produces the shards; the merge checks that they cover
+        every input spectrum exactly once, writes the archive atomically and removes the
+        shards.
+
+        Parameters
+        ----------
+        inputs
+            Files, folders or glob patterns.
+        output
+            The ASDF archive to write.
+        resume
+            Continue a run that was stopped (killed, crashed): shards already written are
+            kept and their spectra not processed again. The archive is the one an
+            uninterrupted run writes. Refused if the config or the input files changed.
+            If the run had finished (the archive is there, the shards gone), the archive
+            is read and returned.
+        overwrite
+            Replace an existing archive (and discard the shards of a stopped run).
+        progress
+            Show a progress bar (``None``: the config decides).
+
+        Raises
+        ------
+        ArchiveError
+            The output exists (without ``overwrite`` or ``resume``), the shards of a stopped
+            run are there (without ``resume`` or ``overwrite``), or they do not belong to
+            this config and these inputs.
+        """
+        from gasnet_plugin.host.executors import get_executor
+        from gasnet_plugin.host.shards import ShardStore, parts_folder, same_run
+
+        output = Path(output)
+        files = expand_inputs(inputs)
+        store = ShardStore(parts_folder(output))
+        if resume and output.exists() and not store.exists():
+            finished = read_archive(output)
+            if not same_run(finished.run.config, self.config) \
+                    or finished.run.inputs != [str(f) for f in files]:
+                raise ArchiveError(f"{output}: a finished run of another config or other "
+                                   "inputs (use --overwrite to replace it)")
+            return finished
+        if output.exists() and not (overwrite or resume):
+            raise ArchiveError(f"{output}: exists (use --overwrite to replace it)")
+        if store.exists() and not (resume or overwrite):
+            raise ArchiveError(f"{store.folder}: shards of a stopped run are there: use "
+                               f"--resume to finish it or --overwrite to start again")
+        store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
+        get_executor(self.config.executor["name"])(self.config.executor).run(
+            self, files, store, progress)
+        results, arrays = store.merge(self.archived_arrays)
+        archive = RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
+        archive.write(output, overwrite=True)
+        store.remove()
+        return archive

@@ -157,6 +157,18 @@ def count_failed(results: Table) -> int:
     return int(np.count_nonzero(np.asarray(results["ZWARN"]) & int(FATAL)))
 
 
+def arrays_in_memory(af: asdf.AsdfFile) -> SpectrumArrays | None:
+    """The ``arrays`` of an open archive or shard, copied out of the file (or ``None``)."""
+    arrays = af.tree.get("arrays")
+    if arrays is None:
+        return None
+    return SpectrumArrays(
+        loglam=np.array(arrays.loglam), flux_unit=arrays.flux_unit,
+        arrays={k: np.array(v) for k, v in arrays.arrays.items()},
+        axes={k: {n: np.array(x) if hasattr(x, "shape") else x for n, x in v.items()}
+              for k, v in arrays.axes.items()})
+
+
 def read_archive(path: str | os.PathLike[str]) -> RunArchive:
     """Read and validate a results archive (fully into memory).
 
@@ -170,14 +182,7 @@ def read_archive(path: str | os.PathLike[str]) -> RunArchive:
     if not path.is_file():
         raise ArchiveError(f"{path}: no such file")
     def extract(af: asdf.AsdfFile) -> tuple[Table, Any, SpectrumArrays | None]:
-        arrays = af.tree.get("arrays")
-        if arrays is not None:
-            arrays = SpectrumArrays(
-                loglam=np.array(arrays.loglam), flux_unit=arrays.flux_unit,
-                arrays={k: np.array(v) for k, v in arrays.arrays.items()},
-                axes={k: {n: np.array(x) if hasattr(x, "shape") else x
-                          for n, x in v.items()} for k, v in arrays.axes.items()})
-        return Table(af["results"], copy=True), af["run"], arrays
+        return Table(af["results"], copy=True), af["run"], arrays_in_memory(af)
 
     results, run, arrays = read_validated(path, ARCHIVE_SCHEMA_URI, extract, ArchiveError,
                                           "gasnet results archive")

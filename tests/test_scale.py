@@ -1,0 +1,239 @@
+"""Streaming to shards, resuming a killed run, and the Dask executor."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import DESI_FILE, LAMOST_FILES, REPO, SDSS_FILES, require
+
+from gasnet_plugin.api import as_config
+from gasnet_plugin.host.executors import shard_starts
+from gasnet_plugin.host.runner import Cursor, Pipeline
+from gasnet_plugin.host.shards import ShardStore, parts_folder
+from gasnet_plugin.io.archive import ArchiveError, RunArchive, read_archive
+
+FIXTURES = [*SDSS_FILES, *LAMOST_FILES, DESI_FILE]
+
+
+def small_config(tmp_path: Path, **top) -> Path:
+    """The default pipeline with small batches and shards, archiving the model spectra."""
+    config = yaml.safe_load((REPO / "example_configs" / "default.yaml").read_text())
+    config.update({"batch_size": 2, "shard_size": 4, "progress": False,
+                   "output": {"arrays": ["model"]}, **top})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def many_files(tmp_path: Path) -> Path:
+    """The real fixtures copied 10 times (80 spectra in 60 files) plus a corrupt file."""
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    for copy in range(10):
+        for path in FIXTURES:
+            shutil.copy(path, folder / f"c{copy:02d}-{path.name}")
+    (folder / "c05-zz-corrupt.fits").write_bytes(SDSS_FILES[0].read_bytes()[:30000])
+    return folder
+
+
+def assert_same_archive(a: RunArchive, b: RunArchive) -> None:
+    """Every column and array bit for bit (NaN equal to NaN); the run records may differ
+    only in their creation time."""
+    assert a.results.colnames == b.results.colnames
+    assert len(a.results) == len(b.results)
+    for name in a.results.colnames:
+        x, y = np.asarray(a.results[name]), np.asarray(b.results[name])
+        same = np.array_equal(x, y, equal_nan=x.dtype.kind == "f")
+        assert same, f"column {name} differs"
+    assert (a.arrays is None) == (b.arrays is None)
+    if a.arrays is not None:
+        assert a.arrays.arrays.keys() == b.arrays.arrays.keys()
+        for name, array in a.arrays.arrays.items():
+            assert np.array_equal(array, b.arrays.arrays[name], equal_nan=True), name
+        assert np.array_equal(a.arrays.loglam, b.arrays.loglam)
+    for key in ("inputs", "n_spectra", "n_failed", "software"):
+        assert getattr(a.run, key) == getattr(b.run, key)
+
+
+def stop_before_merge(pipeline: Pipeline, files: list[Path], out: Path) -> None:
+    """Run until every shard is written, then die as a crash in the merge would."""
+    def crash(self, names):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ShardStore, "merge", crash)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.run_to_file(files, out)
+
+
+def test_streaming_run_equals_in_memory_run(tmp_path):
+    """Shards merged = the in-memory run; the shard folder is gone afterwards."""
+    config = as_config(small_config(tmp_path))
+    out = tmp_path / "out.asdf"
+    streamed = Pipeline(config).run_to_file(FIXTURES, out)
+    assert not parts_folder(out).exists()
+    assert_same_archive(streamed, Pipeline(config).run(FIXTURES))
+    assert_same_archive(streamed, read_archive(out))
+    assert len(streamed.results) == 8
+
+
+def test_reading_from_a_cursor_skips_exactly_the_rows_before_it(tmp_path):
+    pipeline = Pipeline(as_config(small_config(tmp_path)))
+    files = [DESI_FILE, *LAMOST_FILES, *SDSS_FILES]
+    every = [(b.file_index, b.first_row + i) for b in pipeline.read_blocks(files)
+             for i in range(len(b))]
+    assert every[:3] == [(0, 0), (0, 1), (1, 0)] and len(every) == 8
+    for start in (Cursor(0, 1), Cursor(1, 0), Cursor(2, 0), Cursor(5, 0)):
+        got = [(b.file_index, b.first_row + i)
+               for b in pipeline.read_blocks(files, start, limit=3) for i in range(len(b))]
+        first = every.index((start.file, start.row))
+        assert got == every[first:first + 3]
+
+
+def test_shard_starts_from_row_counts():
+    # files of 3, 0, 5 and 1 rows; shards of 2 rows start at run rows 0, 2, 4, 6, 8
+    assert shard_starts([3, 0, 5, 1], 2) == [(0, 0), (0, 2), (2, 1), (2, 3), (3, 0)]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gasnet_plugin.cli", *args],
+                          capture_output=True, text=True, timeout=300)
+
+
+def kill_when_shards(command: list[str], parts: Path, n_shards: int) -> int:
+    """Start ``command``, SIGKILL it once ``n_shards`` shards are on disk; the number of
+    shards there when it died."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if parts.is_dir() and len(list(parts.glob("shard-*.asdf"))) >= n_shards:
+                break
+            time.sleep(0.01)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    return len(list(parts.glob("shard-*.asdf")))
+
+
+@pytest.mark.parametrize("kill_after", [1, 17])
+def test_resume_after_kill_gives_the_uninterrupted_archive(tmp_path, many_files, kill_after):
+    """A real ``gasnet run`` process killed with SIGKILL mid-run, then ``--resume``."""
+    config = small_config(tmp_path, batch_size=1, shard_size=2)
+    whole, resumed = tmp_path / "whole.asdf", tmp_path / "resumed.asdf"
+    done = run_cli("run", str(config), str(many_files), "-o", str(whole))
+    assert done.returncode == 1, done.stderr           # 1: the corrupt file's row is flagged
+    command = [sys.executable, "-m", "gasnet_plugin.cli", "run", str(config), str(many_files),
+               "-o", str(resumed)]
+    left = kill_when_shards(command, parts_folder(resumed), kill_after)
+    assert 0 < left < 41 and not resumed.exists()       # 81 rows = 41 shards
+    refused = run_cli("run", str(config), str(many_files), "-o", str(resumed))
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    done = run_cli("run", str(config), str(many_files), "-o", str(resumed), "--resume")
+    assert done.returncode == 1, done.stderr
+    assert not parts_folder(resumed).exists()
+    a, b = read_archive(whole), read_archive(resumed)
+    assert_same_archive(a, b)
+    rows = list(zip(b.results["SOURCE"], b.results["HDU"], b.results["ROW"], strict=True))
+    assert len(rows) == len(set(rows)) == 81            # none lost, none twice
+
+
+def test_resume_after_a_crash_before_the_merge(tmp_path):
+    """All shards written, the process dies in the merge: resume only merges."""
+    config = as_config(small_config(tmp_path))
+    out = tmp_path / "out.asdf"
+
+    stop_before_merge(Pipeline(config), FIXTURES, out)
+    store = ShardStore(parts_folder(out))
+    assert store.indices() == [0, 1] and not out.exists()
+    pipeline = Pipeline(config)
+    archive = pipeline.run_to_file(FIXTURES, out, resume=True)
+    assert pipeline.stage_seconds == {}                 # nothing was computed again
+    assert len(archive.results) == 8
+    assert_same_archive(archive, Pipeline(config).run(FIXTURES))
+
+
+def test_resume_refuses_other_config_or_inputs(tmp_path):
+    out = tmp_path / "out.asdf"
+    config = as_config(small_config(tmp_path))
+    store = ShardStore(parts_folder(out))
+    store.open(config, FIXTURES, config.spectra_per_shard, keep=False)
+    changed = as_config(small_config(tmp_path, batch_size=4))
+    with pytest.raises(ArchiveError, match=r"out\.asdf\.parts: the stopped run had a "
+                                           r"different config"):
+        Pipeline(changed).run_to_file(FIXTURES, out, resume=True)
+    with pytest.raises(ArchiveError, match="different inputs"):
+        Pipeline(config).run_to_file(FIXTURES[:3], out, resume=True)
+    with pytest.raises(ArchiveError, match="shards of a stopped run"):
+        Pipeline(config).run_to_file(FIXTURES, out)
+    # --overwrite starts again
+    archive = Pipeline(config).run_to_file(FIXTURES, out, overwrite=True)
+    assert len(archive.results) == 8 and not store.exists()
+
+
+def test_merge_refuses_a_missing_shard(tmp_path):
+    config = as_config(small_config(tmp_path))
+    out = tmp_path / "out.asdf"
+    stop_before_merge(Pipeline(config), FIXTURES, out)
+    store = ShardStore(parts_folder(out))
+    store.spectra_per_shard = config.spectra_per_shard
+    store.path(0).unlink()
+    with pytest.raises(ArchiveError, match=r"shards \[0\] are missing"):
+        store.merge(["model"])
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::ResourceWarning")
+def test_dask_local_cluster_gives_the_local_archive(tmp_path, many_files):
+    """executor: dask on a LocalCluster of 2 worker processes; then resume a killed local
+    run under dask (shards are the same whoever writes them)."""
+    require("distributed", "GASNET_REQUIRE_DASK")
+    files = sorted(many_files.iterdir())[:41]
+    local = Pipeline(as_config(small_config(tmp_path))).run_to_file(
+        files, tmp_path / "local.asdf")
+    dask_config = small_config(tmp_path, executor={"name": "dask", "n_workers": 2})
+    on_dask = Pipeline(as_config(dask_config)).run_to_file(files, tmp_path / "dask.asdf")
+    assert_same_archive(local, on_dask)
+    assert on_dask.run.config["executor"]["name"] == "dask"
+    # half the shards from the local executor, the rest from the workers
+    out = tmp_path / "mixed.asdf"
+    config = as_config(small_config(tmp_path))
+    stop_before_merge(Pipeline(config), files, out)
+    store = ShardStore(parts_folder(out))
+    for index in store.indices()[::2]:
+        store.path(index).unlink()
+    mixed = Pipeline(as_config(dask_config)).run_to_file(files, out, resume=True)
+    assert_same_archive(local, mixed)
+
+
+def test_cli_executor_and_device_switches(tmp_path):
+    out = tmp_path / "out.asdf"
+    done = run_cli("run", str(small_config(tmp_path)), *map(str, FIXTURES[:2]), "-o", str(out),
+                   "--device", "cpu", "--executor", "local")
+    assert done.returncode == 0, done.stderr
+    assert read_archive(out).run.config["device"] == "cpu"
+    bad = run_cli("run", str(small_config(tmp_path)), str(FIXTURES[0]), "-o",
+                  str(tmp_path / "x.asdf"), "--device", "tpu")
+    assert bad.returncode == 2 and "device" in bad.stderr
+
+
+def test_resume_of_a_finished_run_reads_its_archive(tmp_path):
+    config = as_config(small_config(tmp_path))
+    out = tmp_path / "out.asdf"
+    first = Pipeline(config).run_to_file(FIXTURES, out)
+    again = Pipeline(config)
+    assert_same_archive(first, again.run_to_file(FIXTURES, out, resume=True))
+    assert again.stage_seconds == {}
+    with pytest.raises(ArchiveError, match="another config or other inputs"):
+        Pipeline(as_config(small_config(tmp_path, batch_size=4))).run_to_file(
+            FIXTURES, out, resume=True)
