@@ -15,6 +15,7 @@ import yaml
 from conftest import DESI_FILE, LAMOST_FILES, REPO, SDSS_FILES, require
 
 from gasnet_plugin.api import as_config
+from gasnet_plugin.host.config import ConfigError
 from gasnet_plugin.host.executors import shard_starts
 from gasnet_plugin.host.runner import Cursor, Pipeline
 from gasnet_plugin.host.shards import ShardStore, parts_folder
@@ -237,3 +238,18 @@ def test_resume_of_a_finished_run_reads_its_archive(tmp_path):
     with pytest.raises(ArchiveError, match="another config or other inputs"):
         Pipeline(as_config(small_config(tmp_path, batch_size=4))).run_to_file(
             FIXTURES, out, resume=True)
+
+
+def test_dask_executor_without_dask_is_a_clear_error(tmp_path, monkeypatch):
+    """Without the [dask] extra: a ConfigError naming it, and no shard folder left."""
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "distributed"
+                        else real_find_spec(name, *a))
+    config = as_config(small_config(tmp_path, executor={"name": "dask"}))
+    out = tmp_path / "out.asdf"
+    with pytest.raises(ConfigError, match=r"pip install 'gasnet-plugin\[dask\]'"):
+        Pipeline(config).run_to_file(FIXTURES, out)
+    assert not parts_folder(out).exists()

@@ -15,6 +15,7 @@ sees); they return a small mapping of integers. No spectrum, model or result is 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import os
@@ -119,17 +120,17 @@ class DaskExecutor:
     """
 
     def __init__(self, settings: dict[str, Any]) -> None:
+        if importlib.util.find_spec("distributed") is None:
+            raise ConfigError("executor dask needs the 'dask' extra: "
+                              "pip install 'gasnet-plugin[dask]'")
         self.settings = settings
 
     @contextlib.contextmanager
     def client(self) -> Iterator[Any]:
         """A connected ``distributed.Client``; a LocalCluster started for it is closed
         with it."""
-        try:
-            from distributed import Client, LocalCluster
-        except ImportError as exc:
-            raise ConfigError("executor dask needs the 'dask' extra: "
-                              "pip install 'gasnet-plugin[dask]'") from exc
+        from distributed import Client, LocalCluster
+
         if self.settings.get("scheduler"):
             with Client(self.settings["scheduler"]) as client:
                 yield client

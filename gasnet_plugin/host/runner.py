@@ -465,9 +465,9 @@ class Pipeline:
         if store.exists() and not (resume or overwrite):
             raise ArchiveError(f"{store.folder}: shards of a stopped run are there: use "
                                f"--resume to finish it or --overwrite to start again")
+        executor = get_executor(self.config.executor["name"])(self.config.executor)
         store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
-        get_executor(self.config.executor["name"])(self.config.executor).run(
-            self, files, store, progress)
+        executor.run(self, files, store, progress)
         results, arrays = store.merge(self.archived_arrays)
         archive = RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
         archive.write(output, overwrite=True)
