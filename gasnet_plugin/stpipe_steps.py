@@ -190,9 +190,13 @@ class GasnetStageStep(NoCrdsParameters, Step):
         return products
 
 
+_BUILTIN_STAGES = PluginHost().stages
+"""The stage registry the Step classes below are made from (plugins loaded once)."""
+
+
 def _stage_step(stage_name: str, class_name: str, alias: str) -> type[GasnetStageStep]:
     """A Step class for the registered stage ``stage_name``."""
-    stage_class = PluginHost().stages.get(stage_name)
+    stage_class = _BUILTIN_STAGES.get(stage_name)
     doc = (f"stpipe Step running the gasnet '{stage_name}' stage: {stage_class.summary}."
            "\n\nParameters are the stage's (see ``gasnet stages``), plus ``device``, "
            "``reader`` and ``batch_size``.")
