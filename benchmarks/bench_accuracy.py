@@ -76,6 +76,8 @@ class Labelled:
     cls: np.ndarray
     sub: np.ndarray
     z: np.ndarray
+    survey: np.ndarray
+    source: np.ndarray
 
     @property
     def flux(self) -> np.ndarray:
@@ -95,7 +97,15 @@ def labelled_real_spectra(config: dict | str | Path = RESAMPLED) -> Labelled:
     return Labelled(archive, np.array([i for _, i in pairs]),
                     np.array([lab["cls"] for lab, _ in pairs]),
                     np.array([lab["subclass"] for lab, _ in pairs]),
-                    np.array([float(lab["z"]) for lab, _ in pairs]))
+                    np.array([float(lab["z"]) for lab, _ in pairs]),
+                    np.array([survey_of(lab) for lab, _ in pairs]),
+                    np.array([lab["source"] for lab, _ in pairs]))
+
+
+def survey_of(label: dict) -> str:
+    """The survey a label belongs to, for cross-validation by survey: SDSS (BOSS, legacy
+    and the GaSNet-III SDSS rows), LAMOST or DESI."""
+    return label["survey"].split()[0].split("/")[0]
 
 
 def gasnet3_baseline(archive) -> dict[str, np.ndarray]:

@@ -41,6 +41,9 @@ bit  name                meaning
                          threshold (flag-anomaly)
 13   LOW_PROB            the classifier's top probability CNN_PROB is below the threshold
                          (flag-anomaly)
+14   CLASS_UNCERTAIN     the class decision is close: the decided class's posterior
+                         probability (PROB_<SPECTYPE>) is below the decision's
+                         min_probability (redshift-scan)
 ===  ==================  =============================================================
 
 Rows with a *fatal* bit (:data:`FATAL`) carry no measurement; the other bits are warnings.
@@ -68,6 +71,7 @@ class ZWarn(enum.IntFlag):
     CLASS_DISAGREE = 1 << 11
     Z_DISAGREE = 1 << 12
     LOW_PROB = 1 << 13
+    CLASS_UNCERTAIN = 1 << 14
 
 
 FATAL = ZWarn.BAD_INPUT | ZWarn.NODATA | ZWarn.STAGE_FAILED

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gasnet_plugin.host.config import validate_parameters
+from gasnet_plugin.zwarning import ZWarn
 
 if TYPE_CHECKING:
     from gasnet_plugin.stages.base import RunContext
 
 REQUIRED_COLUMNS = ("Z", "ZERR", "SPECTYPE", "SUBTYPE", "CHI2", "DELTACHI2")
 """Columns every engine returns (Redrock/DESI names)."""
+SOLUTION_BITS = ZWarn.Z_AT_EDGE | ZWarn.BAD_FIT
+"""ZWARN bits that belong to a solution (they follow it when a decision picks another)."""
 
 
 @dataclass
@@ -47,6 +50,42 @@ class EngineInput:
 
 
 @dataclass
+class ClassBest:
+    """One class's best solution for each of ``B`` spectra, whatever its rank overall.
+
+    The evidence a class decision weighs (:mod:`gasnet_plugin.class_decision`): an
+    engine that fits every class returns one per class, so that a class that loses the
+    lowest-χ² race by chance still has its best redshift, exact χ² and model.
+
+    Attributes
+    ----------
+    z, zerr, chi2
+        ``(B,)`` the class's best redshift, its 1σ statistical error and its χ² (NaN
+        where not measured).
+    zwarn
+        ``(B,)`` int64 ZWARN bits of this solution itself (e.g. ``Z_AT_EDGE``,
+        ``BAD_FIT``): the bits that follow the solution when a decision picks it.
+    coef
+        ``(B, K)`` the fit's coefficients.
+    model
+        ``(B, P)`` the best-fit model in the input flux unit, or ``None``.
+    n_lags
+        Redshift trials the class's scan made (its look-elsewhere freedom).
+    n_coef
+        Free linear coefficients of the class's fit.
+    """
+
+    z: np.ndarray
+    zerr: np.ndarray
+    chi2: np.ndarray
+    zwarn: np.ndarray
+    coef: np.ndarray
+    model: np.ndarray | None
+    n_lags: int
+    n_coef: int
+
+
+@dataclass
 class EngineResult:
     """What an engine returns for a batch of ``B`` spectra.
 
@@ -69,6 +108,9 @@ class EngineResult:
         the redshift of each of the ``S`` lags.
     curve_z
         Class → ``(S,)`` redshifts of the curve samples.
+    class_best
+        Class → :class:`ClassBest`, every class's best solution (empty if the engine does
+        not fit every class; the class decision then keeps the engine's answer).
     """
 
     columns: dict[str, np.ndarray]
@@ -77,6 +119,7 @@ class EngineResult:
     model: np.ndarray | None = None
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     curve_z: dict[str, np.ndarray] = field(default_factory=dict)
+    class_best: dict[str, ClassBest] = field(default_factory=dict)
 
 
 class RedshiftEngine:

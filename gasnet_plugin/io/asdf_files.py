@@ -36,6 +36,24 @@ def write_asdf_atomically(af: asdf.AsdfFile, path: str | os.PathLike[str],
     return path
 
 
+def write_validated(tree: dict[str, Any], path: str | os.PathLike[str], schema_uri: str,
+                    error: type[Exception], what: str) -> Path:
+    """Validate ``tree`` against ``schema_uri`` and write it atomically to ``path``.
+
+    Raises
+    ------
+    error
+        ``"<path>: <what> fail their schema: ..."``; nothing is written.
+    """
+    path = Path(path)
+    af = asdf.AsdfFile(tree, custom_schema=schema_uri)
+    try:
+        af.validate()
+    except ValidationError as exc:
+        raise error(f"{path}: {what} fail their schema: {exc.message}") from exc
+    return write_asdf_atomically(af, path)
+
+
 def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile], T],
                    error: type[Exception], what: str) -> T:
     """Open ``path`` fully into memory, validate it against ``schema_uri`` (asdf 6 does

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from astropy.io import fits
 
-from gasnet_plugin.engines.gasnet3 import encode_coefficients, preprocess
+from gasnet_plugin.engines.eigen_preprocess import preprocess
+from gasnet_plugin.engines.eigen_scan import encode_coefficients
 from gasnet_plugin.models.eigen_model import EigenModel, build_encoder
 
 ANOMALIES = ("line", "superposed")

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gasnet_plugin.engines.gasnet3 import preprocess
+from gasnet_plugin.engines.eigen_preprocess import preprocess
 from gasnet_plugin.io.asdf_files import write_asdf_atomically
 from gasnet_plugin.models.eigen_model import (
     ENCODER_TYPE,

@@ -295,20 +295,11 @@ def default_thresholds_path() -> Path:
 
 def write_thresholds(thresholds: FlagThresholds, path: str | os.PathLike[str]) -> Path:
     """Validate against the ``flag_thresholds`` schema and write (atomically)."""
-    import asdf
-    from asdf.exceptions import ValidationError
-
     from gasnet_plugin.io.asdf_extension import THRESHOLDS_SCHEMA_URI
-    from gasnet_plugin.io.asdf_files import write_asdf_atomically
+    from gasnet_plugin.io.asdf_files import write_validated
 
-    path = Path(path)
-    af = asdf.AsdfFile({"flag_thresholds": thresholds.as_tree()},
-                       custom_schema=THRESHOLDS_SCHEMA_URI)
-    try:
-        af.validate()
-    except ValidationError as exc:
-        raise ThresholdsError(f"{path}: thresholds fail their schema: {exc.message}") from exc
-    return write_asdf_atomically(af, path)
+    return write_validated({"flag_thresholds": thresholds.as_tree()}, path,
+                           THRESHOLDS_SCHEMA_URI, ThresholdsError, "thresholds")
 
 
 def read_thresholds(path: str | os.PathLike[str] = "default") -> FlagThresholds:

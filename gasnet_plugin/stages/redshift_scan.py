@@ -10,6 +10,20 @@ Columns (Redrock/DESI names): ``Z``, ``ZERR``, ``SPECTYPE``, ``SUBTYPE``, ``CHI2
 ``DELTACHI2``, plus what the engine adds (gasnet3: ``NPIXELS``, ``RCHI2``,
 ``DEGENERACY``, ``COEFF``, ``CAND_SPECTYPE``, ``CAND_Z``, ``CAND_CHI2``), ``ENGINE`` and
 ``MODEL``.
+
+**The class decision lives here.** An engine that fits every class (gasnet3) returns each
+class's best solution; the stage writes them (``Z_<CLASS>``, ``ZERR_<CLASS>``,
+``CHI2_<CLASS>``) and, with ``decision`` set (the shipped parameters by default) and the
+classify stage before it, weighs them with the classifier's probabilities and regressor
+(:mod:`gasnet_plugin.class_decision`) into ``SPECTYPE``, ``Z``, ``ZERR`` (systematic term
+included), ``CHI2``, ``RCHI2``, ``COEFF`` and ``PROB_<CLASS>``. The engine's own
+lowest-χ² answer stays in ``SCAN_SPECTYPE``, ``SCAN_Z`` and ``SCAN_ZERR``; ``decision:
+none`` (or a pipeline without the classify stage: the weights were fitted with its
+probabilities) keeps it as the answer (GaSNet-III's rule). The decision sits in this stage, not a
+stage of its own, because the answer and the fit belong together: the model spectrum the
+reconstruct stage shows, the solution's ZWARN bits (``Z_AT_EDGE``, ``BAD_FIT``) and the
+columns later stages read are those of the decided class, and every stage after this one
+sees one consistent answer.
 """
 
 from __future__ import annotations
@@ -20,11 +34,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gasnet_plugin import hookimpl
-from gasnet_plugin.engines.protocol import REQUIRED_COLUMNS, EngineInput, EngineResult
+from gasnet_plugin.engines.protocol import (
+    REQUIRED_COLUMNS,
+    SOLUTION_BITS,
+    EngineInput,
+    EngineResult,
+)
 from gasnet_plugin.stages.base import RunContext, Stage
+from gasnet_plugin.stages.classify import probability_column
 from gasnet_plugin.zwarning import ZWarn
 
 if TYPE_CHECKING:
+    from gasnet_plugin.class_decision import ClassDecision
     from gasnet_plugin.engines.protocol import RedshiftEngine
     from gasnet_plugin.host.batch import SpectrumBatch
     from gasnet_plugin.host.plugins import PluginHost
@@ -45,6 +66,9 @@ DESCRIPTIONS = {
     "CAND_Z": "candidate redshifts, best first",
     "CAND_CHI2": "candidate chi2, best first",
     "CNN_ZSPREAD": "spread (std) of the cnn regressor's heads, ln(1+z)",
+    "SCAN_SPECTYPE": "the engine's lowest-chi2 class (before the class decision)",
+    "SCAN_Z": "the engine's redshift of SCAN_SPECTYPE",
+    "SCAN_ZERR": "the engine's statistical error of SCAN_Z",
     "ENGINE": "redshift engine",
     "MODEL": "model the engine used",
 }
@@ -81,6 +105,10 @@ class RedshiftScanStage(Stage):
                    "description": "registered redshift engine (gasnet stages lists them)"},
         "engine_params": {"type": "object", "default": {},
                           "description": "the engine's parameters (see its listing)"},
+        "decision": {"type": "string", "default": "default",
+                     "description": "class-decision parameters file, 'default' (shipped, "
+                                    "fitted on real spectra) or 'none' (the engine's "
+                                    "lowest-chi2 class is the answer)"},
     }
     arrays: ClassVar[dict[str, str]] = {
         "chi2_curves": "chi2 per class and redshift, (N, C, S) float32 padded with NaN; "
@@ -90,6 +118,7 @@ class RedshiftScanStage(Stage):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.engine: RedshiftEngine | None = None
+        self.decision: ClassDecision | None = None
         self._want_curves = False
 
     def bind(self, plugins: PluginHost) -> None:
@@ -105,6 +134,14 @@ class RedshiftScanStage(Stage):
         if self.engine is None:
             self.bind(context.plugins)
         self.engine.setup(context)
+        if self.params["decision"] != "none":
+            from gasnet_plugin.class_decision import DecisionError, read_decision
+            from gasnet_plugin.host.config import ConfigError
+
+            try:
+                self.decision = read_decision(self.params["decision"])
+            except DecisionError as exc:
+                raise ConfigError(f"stage 'redshift-scan': {exc}") from None
         self._want_curves = "chi2_curves" in context.options.get("output", {}).get("arrays", [])
 
     def process(self, batch: SpectrumBatch) -> None:
@@ -120,6 +157,10 @@ class RedshiftScanStage(Stage):
         missing = [name for name in REQUIRED_COLUMNS if name not in result.columns]
         if missing:
             raise RuntimeError(f"engine {self.engine.name!r} returned no {missing}")
+        if result.class_best:
+            self._class_columns(result)
+            if self.decision is not None:
+                self._decide(batch, rows, result)
         for name, values in result.columns.items():
             values = np.asarray(values)
             column = _fill(values, n_rows)
@@ -141,6 +182,76 @@ class RedshiftScanStage(Stage):
         batch.products["redshift"] = RedshiftFit(rows=rows, result=result)
         if self._want_curves:
             self._store_curves(batch, rows, result)
+
+    @staticmethod
+    def _class_columns(result: EngineResult) -> None:
+        """Every class's best solution as columns, and the engine's own answer kept."""
+        for name, best in result.class_best.items():
+            result.columns[f"Z_{name}"] = best.z
+            result.columns[f"ZERR_{name}"] = best.zerr
+            result.columns[f"CHI2_{name}"] = best.chi2
+            DESCRIPTIONS.setdefault(f"Z_{name}", f"best redshift of the {name} fit")
+            DESCRIPTIONS.setdefault(f"ZERR_{name}", f"statistical 1-sigma error of Z_{name}")
+            DESCRIPTIONS.setdefault(f"CHI2_{name}", f"chi2 of the best {name} fit")
+        for name in ("SPECTYPE", "Z", "ZERR"):
+            result.columns[f"SCAN_{name}"] = np.asarray(result.columns[name]).copy()
+
+    def _decide(self, batch: SpectrumBatch, rows: np.ndarray, result: EngineResult) -> None:
+        """Replace the engine's answer by the class decision's (columns, ZWARN bits of the
+        solution, model), and add ``PROB_<CLASS>``."""
+        from gasnet_plugin.class_decision import evidence_from_engine
+
+        classes = list(result.class_best)
+        probability = {c: np.asarray(batch.rows[probability_column(c)], float)[rows]
+                       for c in classes if probability_column(c) in batch.rows.colnames}
+        if not probability:
+            # fitted with the classifier's probabilities: without them the weights do not
+            # hold, and the engine's answer stands
+            return
+        cnn_z = cnn_zerr = None
+        if "CNN_Z" in batch.rows.colnames and "CNN_ZERR" in batch.rows.colnames:
+            cnn_z = np.asarray(batch.rows["CNN_Z"], float)[rows]
+            cnn_zerr = np.asarray(batch.rows["CNN_ZERR"], float)[rows]
+        n_valid = np.asarray(batch.rows["NPIX_VALID"])[rows]
+        evidence = evidence_from_engine(result.class_best, n_valid, probability, cnn_z,
+                                        cnn_zerr)
+        decided = self.decision.predict(evidence)
+        measured = decided.index >= 0
+        pick = np.maximum(decided.index, 0)
+        row_index = np.arange(rows.size)
+        columns = result.columns
+        best = [result.class_best[c] for c in classes]
+        chi2 = np.stack([b.chi2 for b in best], axis=1)[row_index, pick]
+        coef_width = max(b.coef.shape[1] for b in best)
+        for name, value in (("SPECTYPE", decided.spectype), ("Z", decided.z),
+                            ("ZERR", decided.zerr), ("CHI2", chi2)):
+            columns[name] = np.where(measured, value, columns[name])
+        if "RCHI2" in columns:
+            k = np.array([b.n_coef for b in best])[pick]
+            columns["RCHI2"] = np.where(measured, chi2 / np.maximum(n_valid - k, 1),
+                                        columns["RCHI2"])
+        if "COEFF" in columns and np.shape(columns["COEFF"])[1] == coef_width:
+            coef = np.stack([b.coef for b in best], axis=1)[row_index, pick]
+            columns["COEFF"] = np.where(measured[:, None], coef, columns["COEFF"]).astype(
+                np.asarray(columns["COEFF"]).dtype)
+        for c, name in enumerate(classes):
+            columns[f"PROB_{name}"] = decided.probability[:, c].astype(np.float32)
+            DESCRIPTIONS.setdefault(f"PROB_{name}",
+                                    f"posterior probability of {name} (class decision)")
+        solution = np.stack([b.zwarn for b in best], axis=1)[row_index, pick]
+        result.zwarn = np.where(measured, (result.zwarn & ~int(SOLUTION_BITS)) | solution,
+                                result.zwarn)
+        close = decided.close
+        if close.any():
+            result.zwarn[close] |= int(ZWarn.CLASS_UNCERTAIN)
+            top = decided.probability[row_index, pick]
+            result.reasons[int(ZWarn.CLASS_UNCERTAIN)] = np.array(
+                [f"class decision close: P({t}) = {p:.2f} < "
+                 f"{self.decision.min_probability:g}" for t, p in
+                 zip(decided.spectype, top, strict=True)], dtype=object)
+        if result.model is not None and all(b.model is not None for b in best):
+            model = np.stack([b.model for b in best], axis=1)[row_index, pick]
+            result.model = np.where(measured[:, None], model, result.model)
 
     @staticmethod
     def _store_curves(batch: SpectrumBatch, rows: np.ndarray, result: EngineResult) -> None:

@@ -1,0 +1,203 @@
+"""The exact refit of an eigenspectra model at a few lags (beyond GaSNet-III).
+
+The encoder's χ² curve finds where a class fits; this fits the class's ``K`` eigenspectra
+coefficients exactly (ivar-weighted linear least squares) at a lag and its two neighbours,
+walks downhill to a better lag if a neighbour fits better, and puts a parabola through the
+three χ² values: its vertex gives the sub-pixel redshift and its curvature the redshift
+error (Δχ² = 1). Batched torch; loops run over walk steps and window positions only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gasnet_plugin.engines.eigen_preprocess import Preprocessed
+from gasnet_plugin.engines.eigen_scan import ClassScan
+
+MAX_WALK = 4
+"""Pixels the refit may walk from the starting lag towards a better exact fit."""
+
+
+@dataclass
+class ExactFit:
+    """One class's exact fit of ``B`` spectra (NaN, model 0 for rows not fitted).
+
+    Attributes
+    ----------
+    chi2
+        ``(B,)`` χ² at the refined minimum (at the lag itself with ``refine=False``).
+    z, zerr
+        ``(B,)`` redshift and its 1σ statistical error (NaN unless refined).
+    ok
+        ``(B,)`` bool: the minimum was refined (positive curvature, regular fit).
+    lag
+        ``(B,)`` int64 final integer lag.
+    coef
+        ``(B, K)`` coefficients at ``lag`` (preprocessed units).
+    model
+        ``(B, N)`` float32 model in preprocessed units at the refined lag (eigenspectra
+        interpolated linearly between lags), on the device.
+    """
+
+    chi2: np.ndarray
+    z: np.ndarray
+    zerr: np.ndarray
+    ok: np.ndarray
+    lag: np.ndarray
+    coef: np.ndarray
+    model: torch.Tensor
+
+
+def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndarray,
+                offsets: tuple[int, ...] = (0, 1, 2),
+                ) -> tuple[torch.Tensor, np.ndarray, list[torch.Tensor]]:
+    """Exact weighted linear fits of the class's eigenspectra at ``lags − 1, lags,
+    lags + 1`` (window positions 0, 1, 2; ``offsets`` picks which).
+
+    Parameters
+    ----------
+    scan
+        The class.
+    f, w
+        ``(b, N)`` preprocessed fluctuation and ivar.
+    lags
+        ``(b,)`` int64 centre lags.
+
+    Returns
+    -------
+    The eigenspectra windows ``(b, K, N + 2)`` (from ``lag − 1``), the χ² ``(b, len(offsets))``
+    float64 and the coefficients (one ``(b, K)`` float64 tensor per offset).
+    """
+    n_obs = f.shape[1]
+    device = f.device
+    padded = torch.nn.functional.pad(scan.eigenvectors, (1, 1))  # zeros beyond the grid
+    window = padded.unfold(1, n_obs + 2, 1)                       # (K, L − N + 1, N + 2)
+    x = window[:, torch.from_numpy(lags).to(device)].permute(1, 0, 2)
+    chis, coefs = [], []
+    for offset in offsets:
+        xo = x[:, :, offset:offset + n_obs]                       # (b, K, N)
+        normal = ((xo * w[:, None, :]) @ xo.transpose(1, 2)).double()
+        rhs = (xo @ (w * f)[:, :, None]).double()[:, :, 0]
+        scale = torch.diagonal(normal, dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
+        ridge = 1e-10 * scale[:, None, None] * torch.eye(
+            normal.shape[1], dtype=torch.float64, device=device)
+        a = torch.linalg.solve(normal + ridge, rhs[:, :, None])[:, :, 0]
+        # χ² from the residual, not Σwf² − bᵀa: no cancellation, so the small χ²
+        # differences between neighbouring lags (the curvature) keep their precision
+        residual = f - (a.float()[:, None, :] @ xo)[:, 0]
+        chis.append(torch.sum((w * residual * residual).double(), dim=1))
+        coefs.append(a)
+    return x, torch.stack(chis, dim=1).cpu().numpy(), coefs
+
+
+def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
+          obs_loglam0: float, refine: bool = True) -> ExactFit:
+    """Exact fit of class ``scan`` at ``lag`` for the rows ``use`` of ``pre``.
+
+    With ``refine`` the fit walks downhill (at most :data:`MAX_WALK` pixels) while a
+    neighbouring lag fits better, then a parabola through the three χ² values gives the
+    sub-pixel minimum and its curvature the error. Without, only the lag itself is fitted:
+    z on the pixel grid, ZERR NaN.
+
+    Parameters
+    ----------
+    scan
+        The class fitted.
+    pre
+        The preprocessed batch, ``(B, N)``.
+    lag
+        ``(B,)`` starting lags (ignored where ``use`` is False).
+    use
+        ``(B,)`` bool: the rows to fit.
+    obs_loglam0
+        log10 Å of the first observed pixel.
+    refine
+        Walk and refine (see above).
+    """
+    n_rows, n_obs = pre.fluctuation.shape
+    device = pre.fluctuation.device
+    k = scan.n_coef
+    out = ExactFit(chi2=np.full(n_rows, np.nan), z=np.full(n_rows, np.nan),
+                   zerr=np.full(n_rows, np.nan), ok=np.zeros(n_rows, dtype=bool),
+                   lag=np.asarray(lag, dtype=np.int64).copy(),
+                   coef=np.full((n_rows, k), np.nan),
+                   model=torch.zeros((n_rows, n_obs), dtype=torch.float32, device=device))
+    rows_np = np.flatnonzero(use)
+    if rows_np.size == 0:
+        return out
+    rows = torch.from_numpy(rows_np).to(device)
+    n_range = scan.n_lags
+    f = pre.fluctuation[rows]
+    w = pre.ivar[rows]
+    s_now = out.lag[rows_np].copy()
+    if not refine:
+        x, chis, coefs = fit_at_lags(scan, f, w, s_now, offsets=(1,))
+        out.chi2[rows_np] = chis[:, 0]
+        out.z[rows_np] = scan.z_lag[s_now]
+        out.coef[rows_np] = coefs[0].cpu().numpy()
+        out.model[rows] = (coefs[0].float()[:, None, :] @ x[:, :, 1:1 + n_obs])[:, 0]
+        return out
+    x, chis, coefs = fit_at_lags(scan, f, w, s_now)
+    for _ in range(MAX_WALK):
+        chi_m = np.where(s_now - 1 >= 0, chis[:, 0], np.inf)
+        chi_p = np.where(s_now + 1 <= n_range - 1, chis[:, 2], np.inf)
+        move = np.where((chi_m < chis[:, 1]) & (chi_m <= chi_p), -1,
+                        np.where(chi_p < chis[:, 1], 1, 0))
+        moving = np.flatnonzero(move)
+        if moving.size == 0:
+            break
+        s_now[moving] += move[moving]
+        # one step keeps two of the three fits; fit only the new outer lag
+        for step, new_offset in ((-1, 0), (1, 2)):
+            sub = moving[move[moving] == step]
+            if sub.size == 0:
+                continue
+            picked = torch.from_numpy(sub).to(device)
+            x_m, chis_m, coefs_m = fit_at_lags(scan, f[picked], w[picked], s_now[sub],
+                                               offsets=(new_offset,))
+            x[picked] = x_m
+            # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
+            keep = [1, 2] if step == -1 else [0, 1]   # new positions ...
+            old = [0, 1] if step == -1 else [1, 2]    # ... taken from these
+            shifted = chis[sub].copy()
+            shifted[:, keep] = chis[sub][:, old]
+            shifted[:, new_offset] = chis_m[:, 0]
+            chis[sub] = shifted
+            old_coefs = [coefs[o][picked] for o in range(3)]
+            for k_new, k_old in zip(keep, old, strict=True):
+                coefs[k_new][picked] = old_coefs[k_old]
+            coefs[new_offset][picked] = coefs_m[0]
+    chi_m, chi_0, chi_p = chis[:, 0], chis[:, 1], chis[:, 2]
+    out.lag[rows_np] = s_now
+    s0 = s_now.astype(np.float64)
+    # neighbours outside the full-overlap range are not valid lags
+    chi_m = np.where(s0 - 1 >= 0, chi_m, np.nan)
+    chi_p = np.where(s0 + 1 <= n_range - 1, chi_p, np.nan)
+    curvature = chi_m - 2 * chi_0 + chi_p
+    good = np.isfinite(curvature) & (curvature > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        delta = np.where(good, 0.5 * (chi_m - chi_p) / curvature, 0.0)
+        sigma_lag = np.where(good, np.sqrt(2.0 / curvature), np.nan)
+    delta = np.clip(delta, -1.0, 1.0)
+    best_chi = np.where(good, chi_0 - 0.25 * (chi_m - chi_p) * delta, chi_0)
+    rest = scan.template.rest_loglam
+    step = (rest[-1] - rest[0]) / (rest.size - 1)
+    rest_at = rest[0] + (s0 + delta) * step
+    z_rows = 10.0 ** (obs_loglam0 - rest_at) - 1.0
+    out.chi2[rows_np] = best_chi
+    out.z[rows_np] = z_rows
+    out.zerr[rows_np] = (1 + z_rows) * math.log(10) * step * sigma_lag
+    out.ok[rows_np] = good
+    out.coef[rows_np] = coefs[1].cpu().numpy()
+    # eigenspectra at the refined lag: blend lag and its neighbour on delta's side
+    frac = torch.from_numpy(np.abs(delta)).to(device, torch.float32)[:, None, None]
+    side = torch.from_numpy(np.where(delta < 0, 0, 2)).to(device)
+    index = side[:, None, None] + torch.arange(n_obs, device=device)[None, None, :]
+    x_side = torch.gather(x, 2, index.expand(-1, x.shape[1], -1))
+    blended = (1 - frac) * x[:, :, 1:1 + n_obs] + frac * x_side
+    out.model[rows] = (coefs[1].float()[:, None, :] @ blended)[:, 0]
+    return out
