@@ -334,7 +334,9 @@ def main() -> None:
     if args.dump:
         np.savez(args.dump, features=final.evidence.features(), chi2=final.evidence.chi2,
                  cls=final.cls.astype(str), real=final.real, survey=final.survey.astype(str),
-                 z=final.z, zc=final.evidence.z, nvalid=final.evidence.n_valid)
+                 z=final.z, zc=final.evidence.z, nvalid=final.evidence.n_valid,
+                 snr=np.nanmedian(np.where(final.ivar > 0, np.abs(final.flux)
+                                           * np.sqrt(final.ivar), np.nan), axis=1))
     if args.write_default:
         model.provenance_.update({
             "fitted_on": f"{held_real.cls.size} real spectra of ../shared/data labels.csv "

@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from _common import SHARED, machine, table
 
-from gasnet_plugin.engines.gasnet3 import Gasnet3Engine, encode, preprocess
+from gasnet_plugin.engines.eigen_preprocess import preprocess
+from gasnet_plugin.engines.eigen_scan import encode
+from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
 from gasnet_plugin.engines.protocol import EngineInput
 from gasnet_plugin.host.batch import InputBlock, SpectrumBatch
 from gasnet_plugin.host.plugins import PluginHost
