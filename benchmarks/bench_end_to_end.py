@@ -37,7 +37,7 @@ from gasnet_plugin.host.inputs import expand_inputs
 from gasnet_plugin.host.runner import Cursor, Pipeline, assemble_outputs
 from gasnet_plugin.io.archive import RunArchive
 
-STAGES = ("resample", "classify", "redshift-scan", "reconstruct", "flag-anomaly")
+STAGES = ("resample", "classify", "redshift-scan", "reconstruct", "subtype", "flag-anomaly")
 
 
 def timed_run(files: list[Path], device: str) -> tuple[int, dict[str, float]]:

@@ -211,12 +211,14 @@ ResampleStep = _stage_step("resample", "ResampleStep", "gasnet_resample")
 ClassifyStep = _stage_step("classify", "ClassifyStep", "gasnet_classify")
 RedshiftScanStep = _stage_step("redshift-scan", "RedshiftScanStep", "gasnet_redshift_scan")
 ReconstructStep = _stage_step("reconstruct", "ReconstructStep", "gasnet_reconstruct")
+SubtypeStep = _stage_step("subtype", "SubtypeStep", "gasnet_subtype")
 FlagAnomalyStep = _stage_step("flag-anomaly", "FlagAnomalyStep", "gasnet_flag_anomaly")
 
 
 class GasnetPipeline(NoCrdsParameters, StpipePipeline):
     """The whole gasnet pipeline as an stpipe Pipeline: resample → classify →
-    redshift_scan → reconstruct → flag_anomaly (set a step's ``skip`` to leave it out).
+    redshift_scan → reconstruct → subtype → flag_anomaly (set a step's ``skip`` to leave
+    it out).
     Its result saves as the gasnet results archive."""
 
     class_alias = "gasnet_pipeline"
@@ -232,6 +234,7 @@ class GasnetPipeline(NoCrdsParameters, StpipePipeline):
         "classify": ClassifyStep,
         "redshift_scan": RedshiftScanStep,
         "reconstruct": ReconstructStep,
+        "subtype": SubtypeStep,
         "flag_anomaly": FlagAnomalyStep,
     }
 
@@ -252,10 +255,10 @@ def get_steps() -> list[tuple[str, str, bool]]:
     return [
         (f"{__name__}.{cls.__name__}", cls.class_alias, cls is GasnetPipeline)
         for cls in (ResampleStep, ClassifyStep, RedshiftScanStep, ReconstructStep,
-                    FlagAnomalyStep, GasnetPipeline)
+                    SubtypeStep, FlagAnomalyStep, GasnetPipeline)
     ]
 
 
 __all__ = ["ClassifyStep", "ConfigError", "FlagAnomalyStep", "GasnetPipeline",
            "GasnetProducts", "ReconstructStep", "RedshiftScanStep", "ResampleStep",
-           "get_steps"]
+           "SubtypeStep", "get_steps"]

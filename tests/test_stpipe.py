@@ -43,7 +43,8 @@ def test_steps_are_discoverable_through_the_entry_point():
 
     ours = {s.class_alias: s for s in get_steps() if s.package_name == "gasnet-plugin"}
     assert set(ours) == {"gasnet_resample", "gasnet_classify", "gasnet_redshift_scan",
-                         "gasnet_reconstruct", "gasnet_flag_anomaly", "gasnet_pipeline"}
+                         "gasnet_reconstruct", "gasnet_subtype", "gasnet_flag_anomaly",
+                         "gasnet_pipeline"}
     assert ours["gasnet_pipeline"].is_pipeline
     assert not ours["gasnet_classify"].is_pipeline
     assert ours["gasnet_pipeline"].class_name == "gasnet_plugin.stpipe_steps.GasnetPipeline"
@@ -60,7 +61,8 @@ def test_strun_pipeline_alias_gives_the_gasnet_run_archive(tmp_path, folder):
         x, y = np.asarray(via_host.results[name]), np.asarray(via_stpipe.results[name])
         assert np.array_equal(x, y, equal_nan=x.dtype.kind == "f"), name
     stages = [next(iter(s)) for s in via_stpipe.run.config["stages"]]
-    assert stages == ["resample", "classify", "redshift-scan", "reconstruct", "flag-anomaly"]
+    assert stages == ["resample", "classify", "redshift-scan", "reconstruct", "subtype",
+                      "flag-anomaly"]
 
 
 def test_strun_with_the_asdf_step_config_and_overrides(tmp_path, folder):

@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "gasnet_plugin.stages.classify",
     "gasnet_plugin.stages.redshift_scan",
     "gasnet_plugin.stages.reconstruct",
+    "gasnet_plugin.stages.subtype",
     "gasnet_plugin.stages.flag_anomaly",
     "gasnet_plugin.engines.gasnet3",
     "gasnet_plugin.engines.cnn",

@@ -20,6 +20,7 @@ ARCHIVE_SCHEMA_URI = URI_BASE + "schemas/results_archive-1.0.0"
 MODEL_FILE_SCHEMA_URI = URI_BASE + "schemas/model_file-1.0.0"
 THRESHOLDS_SCHEMA_URI = URI_BASE + "schemas/flag_thresholds-1.0.0"
 DECISION_SCHEMA_URI = URI_BASE + "schemas/class_decision-1.0.0"
+STAR_TEMPLATES_SCHEMA_URI = URI_BASE + "schemas/star_templates-1.0.0"
 RESOURCES = Path(__file__).resolve().parent / "resources"
 
 

@@ -37,7 +37,7 @@ def write_asdf_atomically(af: asdf.AsdfFile, path: str | os.PathLike[str],
 
 
 def write_validated(tree: dict[str, Any], path: str | os.PathLike[str], schema_uri: str,
-                    error: type[Exception], what: str) -> Path:
+                    error: type[Exception], what: str, **write_options: Any) -> Path:
     """Validate ``tree`` against ``schema_uri`` and write it atomically to ``path``.
 
     Raises
@@ -51,7 +51,7 @@ def write_validated(tree: dict[str, Any], path: str | os.PathLike[str], schema_u
         af.validate()
     except ValidationError as exc:
         raise error(f"{path}: {what} fail their schema: {exc.message}") from exc
-    return write_asdf_atomically(af, path)
+    return write_asdf_atomically(af, path, **write_options)
 
 
 def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile], T],

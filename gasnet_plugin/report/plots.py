@@ -22,6 +22,10 @@ LINES = {
     "Hδ": 4102.89, "Hγ": 4341.68, "Hβ": 4862.68, "[O III]": 5008.24, "Hα": 6564.61,
     "[N II]": 6585.27, "[S II]": 6725.0,
 }
+MEASURED = {"Lyα": "LYALPHA", "C IV": "CIV_1549", "Mg II": "MGII_2800", "[O II]": "OII_3727",
+            "Hβ": "HBETA", "[O III]": "OIII_5007", "Hα": "HALPHA", "[N II]": "NII_6584",
+            "[S II]": "SII_6716"}
+"""Marked line → the subtype stage's column prefix of its measurement."""
 ABSORPTION = {"Ca K": 3934.78, "Ca H": 3969.59, "G": 4305.6, "Mg b": 5176.7, "Na D": 5895.6}
 CLASS_COLOURS = {"GALAXY": "tab:blue", "QSO": "tab:orange", "STAR": "tab:green"}
 
@@ -43,6 +47,16 @@ def _smooth(values: np.ndarray, width: int = 5) -> np.ndarray:
     count = np.convolve(finite.astype(float), kernel, mode="same")
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(finite & (count > 0), total / count, np.nan)
+
+
+def _measured_snr(row: object, prefix: str) -> float | None:
+    """Flux S/N of the subtype stage's measurement of line ``prefix`` in ``row`` (None if
+    not measured)."""
+    names = getattr(row, "colnames", [])
+    if not prefix or f"{prefix}_FLUX" not in names:
+        return None
+    flux, error = float(row[f"{prefix}_FLUX"]), float(row[f"{prefix}_FLUX_ERR"])
+    return flux / error if np.isfinite(flux) and np.isfinite(error) and error > 0 else None
 
 
 def spectrum_figure(archive: RunArchive, index: int, path: Path) -> Path:
@@ -73,9 +87,14 @@ def spectrum_figure(archive: RunArchive, index: int, path: Path) -> Path:
             for name, rest in lines.items():
                 observed = rest * (1 + z)
                 if wave[0] < observed < wave[-1]:
-                    top.axvline(observed, color=colour, lw=0.6, ls=":")
-                    top.text(observed, high + 0.22 * span, name, rotation=90, fontsize=7,
-                             ha="center", va="top", color=colour)
+                    snr = _measured_snr(row, MEASURED.get(name, ""))
+                    detected = snr is not None and snr > 3
+                    top.axvline(observed, color=colour, lw=1.2 if detected else 0.6,
+                                ls="-" if detected else ":", alpha=0.6 if detected else 1.0)
+                    label = f"{name} S/N {snr:.0f}" if detected else name
+                    top.text(observed, high + 0.22 * span, label, rotation=90, fontsize=7,
+                             ha="center", va="top", color=colour,
+                             fontweight="bold" if detected else "normal")
     zerr = f" ± {row['ZERR']:.1e}" if np.isfinite(row["ZERR"]) else ""
     truth = f"; survey {row['SURVEY_CLASS']} z={row['SURVEY_Z']:.4f}" \
         if str(row["SURVEY_CLASS"]).strip() else ""

@@ -1,0 +1,108 @@
+"""SUBTYPE from emission-line physics (galaxies, QSOs), as SDSS defines its subclasses.
+
+The SDSS-III spectroscopic pipeline (Bolton et al. 2012, AJ 144, 144, §5: "subclass")
+classifies galaxies and quasars with emission lines by the [N II]/Hα – [O III]/Hβ (BPT)
+diagram, and marks broad lines:
+
+* ``AGN``: log10([O III]5007/Hβ) > 0.7 − 1.2 · (log10([N II]6584/Hα) + 0.4)
+  (the dividing line of the SDSS pipeline);
+* ``STARFORMING``: below that line;
+* ``STARBURST``: star-forming with a rest-frame Hα equivalent width above 50 Å;
+* ``BROADLINE``, appended: a line detected at 10σ whose width σ exceeds 200 km/s at 5σ.
+
+Our reading of "detected" for the diagram: all four lines with flux S/N > ``BPT_SNR`` (3) and
+positive; otherwise the BPT part stays empty, as SDSS leaves SUBTYPE empty when the lines
+are too weak. Broad components (Hα, Hβ) count as broad lines when their flux is positive at
+10σ and adding them improves the fit by Δχ² > 25 (5σ); a line whose width sits at the edge
+of its grid (no width error) is taken as known to 30 %.
+
+A galaxy with a *dominant* broad Balmer line is what SDSS and Redrock call a QSO (their
+templates see the broad line): :func:`broad_line_dominated` marks rows whose broad Hα
+(or Hβ where Hα is off the grid) has a rest-frame equivalent width above
+``QSO_BROAD_EW`` (20 Å) at 10σ; the subtype stage then sets SPECTYPE QSO
+(``broadline_is_qso``). Weaker broad lines keep GALAXY with ``BROADLINE`` in SUBTYPE,
+as SDSS does (e.g. "GALAXY AGN BROADLINE").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+BPT_SNR = 3.0
+"""Flux S/N each of Hα, Hβ, [O III] 5007 and [N II] 6584 needs for a BPT subtype."""
+STARBURST_EW = 50.0
+"""Rest-frame Hα equivalent width (Å) above which a star-forming galaxy is a STARBURST."""
+BROAD_SNR = 10.0
+"""Flux S/N of a broad line."""
+BROAD_SIGMA = 200.0
+"""Width σ (km/s) a broad line exceeds at ``BROAD_SIGMA_NSIGMA`` σ."""
+BROAD_SIGMA_NSIGMA = 5.0
+BROAD_DCHI2 = 25.0
+"""Δχ² a broad Balmer component must add."""
+QSO_BROAD_EW = 20.0
+"""Rest-frame equivalent width (Å) of a broad Balmer line that makes a galaxy a QSO."""
+NARROW_LINES = ("HALPHA", "HBETA", "OIII_5007", "NII_6584", "MGII_2800", "CIV_1549",
+                "LYALPHA")
+"""Lines whose own width can make them broad."""
+BROAD_COMPONENTS = ("HALPHA_BROAD", "HBETA_BROAD")
+
+
+def _snr(lines: dict[str, np.ndarray], name: str) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nan_to_num(lines[f"{name}_FLUX"] / lines[f"{name}_FLUX_ERR"], nan=0.0)
+
+
+def bpt_subtype(lines: dict[str, np.ndarray]) -> np.ndarray:
+    """``AGN``, ``STARFORMING``, ``STARBURST`` or ``""`` per row (see the module docstring)."""
+    names = ("HALPHA", "HBETA", "OIII_5007", "NII_6584")
+    detected = np.all([_snr(lines, n) > BPT_SNR for n in names], axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        x = np.log10(lines["NII_6584_FLUX"] / lines["HALPHA_FLUX"])
+        y = np.log10(lines["OIII_5007_FLUX"] / lines["HBETA_FLUX"])
+        agn = y > 0.7 - 1.2 * (x + 0.4)
+        starburst = lines["HALPHA_EW"] > STARBURST_EW
+    return np.where(detected, np.where(agn, "AGN", np.where(starburst, "STARBURST",
+                                                            "STARFORMING")), "")
+
+
+def has_broad_line(lines: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row: some line is detected at 10σ with σ > 200 km/s at 5σ, or a broad Balmer
+    component is positive at 10σ and significant (Δχ² > 25)."""
+    n_rows = lines["HALPHA_FLUX"].shape[0]
+    broad = np.zeros(n_rows, dtype=bool)
+    for name in NARROW_LINES:
+        sigma = lines[f"{name}_SIGMA"]
+        error = np.where(np.isfinite(lines[f"{name}_SIGMA_ERR"]), lines[f"{name}_SIGMA_ERR"],
+                         0.3 * sigma)
+        with np.errstate(invalid="ignore"):
+            broad |= (_snr(lines, name) > BROAD_SNR) \
+                & (sigma - BROAD_SIGMA > BROAD_SIGMA_NSIGMA * error)
+    for name in BROAD_COMPONENTS:
+        with np.errstate(invalid="ignore"):
+            broad |= (_snr(lines, name) > BROAD_SNR) \
+                & (np.nan_to_num(lines[f"{name}_DCHI2"]) > BROAD_DCHI2)
+    return broad
+
+
+def broad_line_dominated(lines: dict[str, np.ndarray]) -> np.ndarray:
+    """Per row: the broad Hα component (or broad Hβ where Hα is not measured) has a
+    rest-frame equivalent width above ``QSO_BROAD_EW`` at 10σ with Δχ² > 25."""
+    out = np.zeros(lines["HALPHA_FLUX"].shape[0], dtype=bool)
+    halpha_measured = np.isfinite(lines["HALPHA_BROAD_FLUX"])
+    for name, use in (("HALPHA_BROAD", halpha_measured), ("HBETA_BROAD", ~halpha_measured)):
+        with np.errstate(invalid="ignore"):
+            out |= use & (_snr(lines, name) > BROAD_SNR) \
+                & (np.nan_to_num(lines[f"{name}_DCHI2"]) > BROAD_DCHI2) \
+                & (np.nan_to_num(lines[f"{name}_EW"]) > QSO_BROAD_EW)
+    return out
+
+
+def emission_subtype(lines: dict[str, np.ndarray]) -> np.ndarray:
+    """SDSS's galaxy/QSO subclass per row: the BPT class and ``BROADLINE``, space-joined
+    (``"STARBURST BROADLINE"``), ``""`` when neither applies."""
+    bpt = bpt_subtype(lines)
+    broad = has_broad_line(lines)
+    joined = np.char.add(np.char.add(bpt.astype("<U16"),
+                                     np.where((bpt != "") & broad, " ", "")),
+                         np.where(broad, "BROADLINE", ""))
+    return joined.astype(str)

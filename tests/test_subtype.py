@@ -1,0 +1,128 @@
+"""Emission-line measurements, the SDSS subclass rules, star templates and the subtype stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gasnet_plugin.api import run_pipeline
+from gasnet_plugin.emission_lines import C_KMS, line_names, measure_lines
+from gasnet_plugin.models.star_templates import fit_star_templates, load_star_templates
+from gasnet_plugin.subtypes import bpt_subtype, broad_line_dominated, emission_subtype
+
+DATA = Path(__file__).parent / "data"
+LOGLAM = np.log10(3600.0) + 1e-4 * np.arange(4076)
+
+
+def gaussian(loglam: np.ndarray, center: float, sigma_kms: float, flux: float) -> np.ndarray:
+    """A Gaussian line of total ``flux`` (per Å) at observed ``center`` Å, width in km/s."""
+    wave = 10.0**loglam
+    sigma_aa = center * sigma_kms / C_KMS
+    return flux * np.exp(-0.5 * ((wave - center) / sigma_aa) ** 2) / (np.sqrt(2 * np.pi)
+                                                                         * sigma_aa)
+
+
+def synthetic(z: float, lines: dict[float, tuple[float, float]], n: int = 200, noise=0.05,
+              seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` noisy spectra: continuum 1 plus lines {rest Å: (flux, σ km/s)} at ``z``."""
+    rng = np.random.default_rng(seed)
+    model = np.ones(LOGLAM.size)
+    for rest, (flux, sigma) in lines.items():
+        model += gaussian(LOGLAM, rest * (1 + z), sigma, flux * (1 + z))
+    flux = model + noise * rng.normal(size=(n, LOGLAM.size))
+    return flux.astype(np.float32), np.full(flux.shape, noise**-2, np.float32)
+
+
+def test_line_flux_width_and_ew_are_recovered_with_honest_errors():
+    z = 0.1
+    flux, ivar = synthetic(z, {6564.61: (20.0, 150.0), 6585.27: (8.0, 150.0),
+                               6549.86: (8.0 / 2.96, 150.0), 4862.68: (6.0, 150.0),
+                               5008.24: (3.0, 150.0), 4960.30: (3.0 / 2.98, 150.0)})
+    m = measure_lines(flux, ivar, LOGLAM, np.full(len(flux), z))
+    observed = 20.0 * (1 + z)           # flux in the observed frame
+    pull = (m["HALPHA_FLUX"] - observed) / m["HALPHA_FLUX_ERR"]
+    assert abs(np.median(m["HALPHA_FLUX"]) / observed - 1) < 0.03
+    assert 0.6 < np.std(pull) < 1.6
+    assert abs(np.median(m["HALPHA_EW"]) - 20.0) < 1.0          # rest-frame Å, continuum 1
+    assert abs(np.median(m["HALPHA_SIGMA"]) - 150.0) < 45.0      # on the width grid
+    assert abs(np.median(m["NII_6584_FLUX"]) / (8.0 * (1 + z)) - 1) < 0.05
+    np.testing.assert_allclose(m["NII_6548_FLUX"], m["NII_6584_FLUX"] / 2.96)
+    assert abs(np.median(m["OIII_5007_FLUX"]) / (3.0 * (1 + z)) - 1) < 0.1
+    # no broad component was put in: it is not significant
+    assert np.median(m["HALPHA_BROAD_DCHI2"]) < 10
+    # lines off the grid are NaN, every line has every quantity
+    assert np.all(np.isnan(m["LYALPHA_FLUX"])) and np.all(np.isnan(m["CIV_1549_FLUX"]))
+    assert {k.rsplit("_", 1)[0] for k in m if k.endswith("_SIGMA")} >= set(line_names())
+
+
+def test_a_broad_balmer_line_is_found_and_makes_a_qso():
+    z = 0.1
+    narrow, ivar = synthetic(z, {6564.61: (10.0, 120.0), 6585.27: (4.0, 120.0)}, n=50)
+    broad, _ = synthetic(z, {6564.61: (10.0, 120.0), 6585.27: (4.0, 120.0),
+                             6565.0: (150.0, 2000.0)}, n=50, seed=1)
+    zs = np.full(50, z)
+    m_n, m_b = measure_lines(narrow, ivar, LOGLAM, zs), measure_lines(broad, ivar, LOGLAM, zs)
+    assert np.all(m_b["HALPHA_BROAD_DCHI2"] > 100) and np.median(m_n["HALPHA_BROAD_DCHI2"]) < 10
+    assert abs(np.median(m_b["HALPHA_BROAD_EW"]) - 150) < 25
+    assert np.all(broad_line_dominated(m_b)) and not np.any(broad_line_dominated(m_n))
+    assert np.all(["BROADLINE" in s for s in emission_subtype(m_b)])
+    assert not np.any(["BROADLINE" in s for s in emission_subtype(m_n)])
+
+
+def test_bpt_follows_the_sdss_dividing_line():
+    def lines(halpha, nii, hbeta, oiii, ew=20.0, snr=20.0):
+        values = {"HALPHA": halpha, "NII_6584": nii, "HBETA": hbeta, "OIII_5007": oiii}
+        out = {}
+        for name, flux in values.items():
+            out[f"{name}_FLUX"] = np.array([flux])
+            out[f"{name}_FLUX_ERR"] = np.array([flux / snr])
+        out["HALPHA_EW"] = np.array([ew])
+        return out
+
+    assert bpt_subtype(lines(10, 1, 3, 1))[0] == "STARFORMING"        # low [N II], [O III]
+    assert bpt_subtype(lines(10, 1, 3, 1, ew=80))[0] == "STARBURST"
+    assert bpt_subtype(lines(10, 10, 3, 30))[0] == "AGN"             # high both
+    assert bpt_subtype(lines(10, 10, 3, 30, snr=2))[0] == ""         # too weak: no class
+
+
+def test_each_star_template_recovers_its_own_type():
+    templates = load_star_templates()
+    start = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
+    pick = np.array([5, 40, 55, 70, 85, 100])                          # A, B, F, G, K, M
+    flux = templates.flux[pick, start:start + LOGLAM.size].astype(np.float64)
+    rng = np.random.default_rng(3)
+    flux = flux / np.median(flux, axis=1, keepdims=True)
+    ivar = np.full(flux.shape, 1 / 0.02**2)
+    fit = fit_star_templates(templates, flux + 0.02 * rng.normal(size=flux.shape), ivar,
+                             LOGLAM, np.zeros(pick.size))
+    np.testing.assert_array_equal(fit.index, pick)
+    assert np.all(np.isfinite(fit.rchi2)) and np.all(fit.rchi2 < 1.5)
+    types = templates.spectral_types()
+    assert types[templates.names.index("K3V (32147)")] == "K3"
+    assert types[templates.names.index("Ldwarf")] == "Ldwarf"
+
+
+@pytest.fixture(scope="module")
+def subtyped():
+    config = {"stages": ["resample", "classify", "redshift-scan", "reconstruct", "subtype"]}
+    return run_pipeline(config, [str(DATA)]).results
+
+
+def test_the_stage_fills_subtype_and_the_line_columns(subtyped):
+    results = subtyped
+    spectype = np.asarray(results["SPECTYPE"]).astype(str)
+    subtype = np.asarray(results["SUBTYPE"]).astype(str)
+    stars = spectype == "STAR"
+    assert stars.any() and np.all(subtype[stars] != "")
+    assert np.all(np.char.str_len(np.asarray(results["STAR_TEMPLATE"])[stars].astype(str)) > 0)
+    qso_lines = (spectype == "QSO") & ["BROADLINE" in s for s in subtype]
+    assert qso_lines.sum() >= 5
+    assert str(results["HALPHA_EW"].unit) == "Angstrom"
+    assert str(results["MGII_2800_SIGMA"].unit) == "km / s"
+    for name in line_names():
+        assert f"{name}_FLUX" in results.colnames and f"{name}_SIGMA_ERR" in results.colnames
+    # no lines measured on stars, no template fitted to galaxies and QSOs
+    assert np.all(np.isnan(np.asarray(results["HALPHA_FLUX"])[stars]))
+    assert np.all(np.isnan(np.asarray(results["STAR_TEMPLATE_RCHI2"])[~stars]))
