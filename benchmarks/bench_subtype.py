@@ -4,7 +4,8 @@ Runs the default pipeline (``example_configs/default.yaml``) on every labelled r
 spectrum of ``../shared/data`` and compares SUBTYPE with the labels' subclasses, per
 class, on the spectra whose decided class is the labelled one:
 
-* galaxies: SDSS's AGN / STARBURST / STARFORMING / "" (BROADLINE counted apart);
+* galaxies with SDSS labels (DESI's Redrock has no such subclasses): SDSS's AGN /
+  STARBURST / STARFORMING / "" (BROADLINE counted apart);
 * QSOs: BROADLINE present or not;
 * stars: the spectral-type letter (O B A F G K M) of SUBTYPE against the label's (LAMOST
   and SDSS types), with the learned ``star-type`` classifier of docs/gasnet2.rst beside it
@@ -72,7 +73,7 @@ def main() -> None:
 
     summary: list[tuple] = []
     # galaxies: the BPT part
-    gal = np.flatnonzero((cls == "GALAXY") & (spectype == "GALAXY"))
+    gal = np.flatnonzero((cls == "GALAXY") & (spectype == "GALAXY") & (survey == "SDSS"))
     bpt_truth = [s.replace("BROADLINE", "").strip() for s in sub[gal]]
     bpt_pred = [s.replace("BROADLINE", "").strip() for s in subtype[gal]]
     agree = np.mean([t == p for t, p in zip(bpt_truth, bpt_pred, strict=True)])

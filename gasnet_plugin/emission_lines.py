@@ -139,7 +139,7 @@ def _profiles(rest: np.ndarray, lines: list[tuple[float, float]], sigma: np.ndar
 
 
 def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
-                  ) -> dict[str, np.ndarray]:
+                  continuum: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Measure every line of :data:`LINE_GROUPS` in ``B`` spectra at redshifts ``z``.
 
     Parameters
@@ -148,6 +148,11 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         ``(B, P)`` on the log10-λ grid ``loglam`` ``(P,)``.
     z
         ``(B,)`` redshifts (NaN: nothing measured).
+    continuum
+        ``(B, P)`` a model continuum to subtract first (e.g. the stellar continuum of
+        :mod:`gasnet_plugin.stellar_continuum`; NaN rows: none), or ``None``. The local
+        linear term is still fitted on top; equivalent widths are then relative to the
+        model continuum plus that term at the line.
 
     Returns
     -------
@@ -168,22 +173,28 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         rows = np.flatnonzero(covered)
         if rows.size == 0:
             continue
+        model = None if continuum is None else continuum[rows]
         fitted = _fit_group(group, flux[rows], ivar[rows], loglam, z[rows], index[rows],
-                            inside[rows])
+                            inside[rows], model)
         for name, values in fitted.items():
             out[name][rows] = values
     return out
 
 
 def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray,
-               z: np.ndarray, index: np.ndarray, inside: np.ndarray) -> dict[str, np.ndarray]:
+               z: np.ndarray, index: np.ndarray, inside: np.ndarray,
+               continuum: np.ndarray | None) -> dict[str, np.ndarray]:
     """The measurements of one group's lines in ``B`` spectra whose window is covered."""
     n_rows = flux.shape[0]
     out: dict[str, np.ndarray] = {}
     f = np.take_along_axis(flux, index, 1).astype(np.float64)
     w = np.where(inside, np.take_along_axis(ivar, index, 1), 0.0).astype(np.float64)
     w = np.where(np.isfinite(f) & np.isfinite(w), w, 0.0)
-    f = np.where(w > 0, f, 0.0)
+    model = np.zeros_like(f)
+    if continuum is not None:
+        model = np.take_along_axis(continuum, index, 1).astype(np.float64)
+        model = np.where(np.isfinite(model).all(axis=1, keepdims=True), model, 0.0)
+    f = np.where(w > 0, f - model, 0.0)
     one_plus_z = (1 + z)[:, None]
     rest = 10.0 ** loglam[index] / one_plus_z
     grid = _sigma_grid(group)                                       # (S, n_kinds)
@@ -202,7 +213,7 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
                      _refined_width(chi2, grid[:, c], best))[:, None]
               for c, kind in enumerate(kinds)}
     amp, covariance, _ = _solve_at(group, rest, f, w, one_plus_z, widths)
-    continuum_center = amp[:, 0]                                    # t = 0 at the centre
+    t = np.linspace(-1, 1, f.shape[1])
     for k, line in enumerate(group.lines):
         d = 2 + k
         column = kinds.index(_kind(line))
@@ -229,7 +240,11 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
         entries = [(line.name, 1.0, line.wavelength)]
         if line.partner:
             entries.append((line.partner[0], line.partner[2], line.partner[1]))
-        for name, ratio, _ in entries:
+        for name, ratio, wavelength in entries:
+            # the continuum under the line: the model plus the local linear term there
+            at = np.argmin(np.abs(rest - wavelength), axis=1)[:, None]
+            continuum_center = (np.take_along_axis(model, at, 1)[:, 0] + amp[:, 0]
+                                + amp[:, 1] * t[at[:, 0]])
             with np.errstate(invalid="ignore", divide="ignore"):
                 ew = ratio * value / continuum_center / (1 + z)
                 ew_err = ratio * error / np.abs(continuum_center) / (1 + z)

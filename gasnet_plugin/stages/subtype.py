@@ -3,7 +3,9 @@
 It reads the decided class and redshift (``SPECTYPE``, ``Z``; the redshift-scan stage) and
 the resampled spectra, and adds:
 
-* for GALAXY and QSO rows, every line of :mod:`gasnet_plugin.emission_lines` (Hα, Hβ,
+* for GALAXY and QSO rows (galaxies after subtracting a stellar continuum,
+  :mod:`gasnet_plugin.stellar_continuum`), every line of
+  :mod:`gasnet_plugin.emission_lines` (Hα, Hβ,
   [O III] 4959/5007, [N II] 6548/6584, [O II] 3727, [S II] 6717/6731, Mg II, C IV, Lyα, broad
   Hα and Hβ): ``<LINE>_FLUX``, ``_FLUX_ERR`` (``FLUX_UNIT`` × Å), ``_EW``, ``_EW_ERR``
   (rest-frame Å), ``_SIGMA``, ``_SIGMA_ERR`` (km/s), and ``<LINE>_DCHI2`` for the broad
@@ -61,15 +63,23 @@ class SubtypeStage(Stage):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.templates: StarTemplates | None = None
+        self.galaxy_basis: np.ndarray | None = None
 
     def setup(self, context: RunContext) -> None:
         from gasnet_plugin.host.config import ConfigError
         from gasnet_plugin.models.star_templates import StarTemplatesError, load_star_templates
+        from gasnet_plugin.stellar_continuum import BASIS, broadened_basis
 
         try:
             self.templates = load_star_templates(self.params["star_templates"])
         except StarTemplatesError as exc:
             raise ConfigError(f"stage 'subtype': {exc}") from None
+        missing = [name for name in BASIS if name not in self.templates.names]
+        if missing:
+            raise ConfigError(f"stage 'subtype': star templates "
+                              f"{self.params['star_templates']!r} lack {missing}, the galaxy "
+                              "continuum basis")
+        self.galaxy_basis = broadened_basis(self.templates)
 
     def process(self, batch: SpectrumBatch) -> None:
         from threadpoolctl import threadpool_limits
@@ -82,6 +92,7 @@ class SubtypeStage(Stage):
     def _process(self, batch: SpectrumBatch) -> None:
         from gasnet_plugin.emission_lines import QUANTITIES, line_names, measure_lines
         from gasnet_plugin.models.star_templates import fit_star_templates
+        from gasnet_plugin.stellar_continuum import fit_stellar_continuum
         from gasnet_plugin.subtypes import broad_line_dominated, emission_subtype
 
         if batch.spectrum is None or "SPECTYPE" not in batch.rows.colnames:
@@ -96,7 +107,15 @@ class SubtypeStage(Stage):
         subtype = np.full(n_rows, "", dtype=object)
 
         emitting = np.flatnonzero(measured & np.isin(spectype, ["GALAXY", "QSO"]))
-        lines = measure_lines(flux[emitting], ivar[emitting], loglam, z[emitting])
+        # galaxies: lines on top of a stellar continuum (Balmer absorption); QSOs: local
+        continuum = np.full((emitting.size, flux.shape[1]), np.nan)
+        galaxies = spectype[emitting] == "GALAXY"
+        if galaxies.any():
+            rows = emitting[galaxies]
+            continuum[galaxies] = fit_stellar_continuum(
+                flux[rows], ivar[rows], loglam, z[rows], self.galaxy_basis,
+                self.templates.loglam0)
+        lines = measure_lines(flux[emitting], ivar[emitting], loglam, z[emitting], continuum)
         for name in line_names():
             for quantity in QUANTITIES:
                 column = np.full(n_rows, np.nan)
