@@ -15,3 +15,10 @@ exclude_patterns = ["_build"]
 html_theme = "alabaster"
 suppress_warnings = ["autodoc.import_object"]
 html_static_path = ["_static"]
+
+# the CLI reference page, written from the click definitions at every build
+from pathlib import Path as _Path  # noqa: E402
+
+from gasnet_plugin.cli.reference import cli_reference_rst  # noqa: E402
+
+(_Path(__file__).parent / "cli.rst").write_text(cli_reference_rst())

@@ -25,7 +25,7 @@ from astropy.table import Table
 
 from gasnet_plugin.io.asdf_extension import ARCHIVE_SCHEMA_URI
 from gasnet_plugin.io.asdf_files import read_validated, write_asdf_atomically
-from gasnet_plugin.zwarning import FATAL
+from gasnet_plugin.zwarning import FATAL, ZWarn
 
 
 class ArchiveError(Exception):
@@ -142,10 +142,23 @@ class RunArchive:
         ]
         if zwarn is not None:
             lines.append(f"ZWARN=0:   {int(np.sum(zwarn == 0))} of {len(zwarn)}")
+            bits = [(bit.name, int(np.count_nonzero(zwarn & int(bit)))) for bit in ZWarn]
+            lines.append("ZWARN bits: " + (", ".join(f"{name} {n}" for name, n in bits if n)
+                                           or "none set"))
         if "SPECTYPE" in results.colnames:
-            types, counts = np.unique(np.asarray(results["SPECTYPE"]), return_counts=True)
+            spectype = np.asarray(results["SPECTYPE"]).astype(str)
+            types, counts = np.unique(spectype, return_counts=True)
             lines.append("SPECTYPE:  " + ", ".join(f"{t or '-'} {c}"
                                                    for t, c in zip(types, counts, strict=True)))
+            if "Z" in results.colnames:
+                lines.append("Z quantiles (5 %, 25 %, 50 %, 75 %, 95 %) per SPECTYPE:")
+                z = np.asarray(results["Z"], dtype=float)
+                for name in types:
+                    values = z[(spectype == name) & np.isfinite(z)]
+                    if name and values.size:
+                        q = np.quantile(values, [0.05, 0.25, 0.5, 0.75, 0.95])
+                        lines.append(f"  {name:<7} n={values.size:<6} "
+                                     + "  ".join(f"{v:.4f}" for v in q))
         if self.arrays is not None:
             lines.append("arrays:    " + ", ".join(
                 f"{name} {array.shape}" for name, array in self.arrays.arrays.items()))

@@ -1,0 +1,76 @@
+"""``gasnet run``: a pipeline over files, folders or globs, to one archive."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+
+from gasnet_plugin.cli.common import (
+    EXIT_SOME_FAILED,
+    fail,
+)
+from gasnet_plugin.cli.group import main
+
+
+@main.command()
+@click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="ASDF archive to write.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace OUTPUT if it exists (and the shards of a stopped run).")
+@click.option("--resume", is_flag=True,
+              help="Finish a stopped run: keep the shards in OUTPUT.parts/ and compute the "
+                   "rest. Same archive as an uninterrupted run.")
+@click.option("--progress/--no-progress", default=None,
+              help="Show a progress bar over the files (default: on a terminal, >1 file).")
+@click.option("--device", default=None,
+              help="Torch device for every stage (cpu, cuda, cuda:N); overrides the config.")
+@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+              help="Where the batches run; overrides the config's executor.name.")
+@click.option("--scheduler", default=None,
+              help="Dask scheduler address (implies --executor dask); default: a "
+                   "LocalCluster on this machine.")
+def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, resume: bool,
+        progress: bool | None, device: str | None, executor: str | None,
+        scheduler: str | None) -> None:
+    """Run the pipeline of CONFIG on INPUTS (files, folders or glob patterns).
+
+    Memory stays flat however many spectra there are: results go to shards in
+    OUTPUT.parts/ as the run goes and are merged into OUTPUT at the end.
+    """
+    from gasnet_plugin.api import as_config
+    from gasnet_plugin.host.config import ConfigError, parse_config
+    from gasnet_plugin.host.runner import Pipeline
+    from gasnet_plugin.io.archive import ArchiveError
+    from gasnet_plugin.zwarning import FATAL
+
+    try:
+        settings = as_config(config)
+        overrides = settings.as_dict()
+        if device is not None:
+            overrides["device"] = device
+        if scheduler is not None:
+            executor = "dask"
+            overrides["executor"]["scheduler"] = scheduler
+        if executor is not None:
+            overrides["executor"]["name"] = executor
+        pipeline = Pipeline(parse_config(overrides, source=settings.source))
+        archive = pipeline.run_to_file(inputs, output, resume=resume, overwrite=overwrite,
+                                       progress=progress)
+    except (ConfigError, ArchiveError) as exc:
+        fail(str(exc))
+    run_info = archive.run
+    click.echo(f"wrote {output}: {run_info.n_spectra} spectra from {len(run_info.inputs)} "
+               f"file(s), {run_info.n_failed} could not be measured", err=True)
+    if run_info.n_failed:
+        results = archive.results
+        fatal = results[(np.asarray(results["ZWARN"]) & int(FATAL)) != 0]
+        for row in fatal[:10]:
+            click.echo(f"  {row['ZWARN_REASON']}", err=True)
+        if len(fatal) > 10:
+            click.echo(f"  ... and {len(fatal) - 10} more (see ZWARN_REASON)", err=True)
+        sys.exit(EXIT_SOME_FAILED)
