@@ -24,7 +24,10 @@ took from its own ``device``, ``cpu`` by default); reading takes ``reader`` and
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -148,7 +151,55 @@ class NoCrdsParameters:
         return "gasnet"
 
 
-class GasnetStageStep(NoCrdsParameters, Step):
+STPIPE_LOGGER = "stpipe.step"
+"""The logger stpipe's Step machinery writes to (instance created, running with, the
+parameter dump, finished)."""
+
+
+@contextlib.contextmanager
+def _stpipe_quiet() -> Iterator[None]:
+    """stpipe's own INFO lines silenced (warnings and errors still pass): our steps say
+    what they did in one line each."""
+    logger = logging.getLogger(STPIPE_LOGGER)
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+STEP_LOGGER = logging.getLogger(STPIPE_LOGGER + ".gasnet")
+"""Our steps' one line each: a child of stpipe's logger (its handlers print it) with its
+own level, so it passes while stpipe's chatter is held back."""
+STEP_LOGGER.setLevel(logging.INFO)
+
+
+def _one_line(step: Step, products: GasnetProducts, seconds: float) -> None:
+    """The step's single log line."""
+    n = sum(len(batch) for batch in products.batches)
+    STEP_LOGGER.info(
+        "%s: %d spectr%s in %.2f s", step.name, n, "um" if n == 1 else "a", seconds)
+
+
+class QuietStep:
+    """Mixin for our Step classes: stpipe's per-step INFO chatter (creation, arguments,
+    the whole parameter dump) is replaced by one line per step."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        with _stpipe_quiet():
+            super().__init__(*args, **kwargs)
+
+    def run(self, *args: Any) -> Any:
+        began = time.perf_counter()
+        with _stpipe_quiet():
+            result = super().run(*args)
+        if isinstance(result, GasnetProducts):
+            _one_line(self, result, time.perf_counter() - began)
+        return result
+
+
+class GasnetStageStep(QuietStep, NoCrdsParameters, Step):
     """Base of the steps: run one registered gasnet stage on every batch."""
 
     stage_name: ClassVar[str]
@@ -215,7 +266,7 @@ SubtypeStep = _stage_step("subtype", "SubtypeStep", "gasnet_subtype")
 FlagAnomalyStep = _stage_step("flag-anomaly", "FlagAnomalyStep", "gasnet_flag_anomaly")
 
 
-class GasnetPipeline(NoCrdsParameters, StpipePipeline):
+class GasnetPipeline(QuietStep, NoCrdsParameters, StpipePipeline):
     """The whole gasnet pipeline as an stpipe Pipeline: resample → classify →
     redshift_scan → reconstruct → subtype → flag_anomaly (set a step's ``skip`` to leave
     it out).

@@ -44,6 +44,9 @@ bit  name                meaning
 14   CLASS_UNCERTAIN     the class decision is close: the decided class's posterior
                          probability (PROB_<SPECTYPE>) is below the decision's
                          min_probability (redshift-scan)
+15   MISSING_TEMPLATE    the engine had no template for a class the run expects (redrock
+                         with an incomplete template set): the answer can never be that
+                         class
 ===  ==================  =============================================================
 
 Rows with a *fatal* bit (:data:`FATAL`) carry no measurement; the other bits are warnings.
@@ -72,6 +75,7 @@ class ZWarn(enum.IntFlag):
     Z_DISAGREE = 1 << 12
     LOW_PROB = 1 << 13
     CLASS_UNCERTAIN = 1 << 14
+    MISSING_TEMPLATE = 1 << 15
 
 
 FATAL = ZWarn.BAD_INPUT | ZWarn.NODATA | ZWarn.STAGE_FAILED

@@ -109,3 +109,30 @@ def test_every_example_config_has_a_header_and_runs(tmp_path, monkeypatch, tiny_
             require("redrock", "GASNET_REQUIRE_REDROCK")
         archive = run_pipeline(config, [str(SDSS_FILES[0])], tmp_path / f"{config.stem}.asdf")
         assert len(archive.results) == 1, config.name
+
+
+def test_redrock_with_an_incomplete_template_set_warns_and_flags(tmp_path):
+    """No GALAXY template: a warning at setup naming the class, and every row flagged
+    MISSING_TEMPLATE with the reason (not a silent QSO for every galaxy)."""
+    require("redrock", "GASNET_REQUIRE_REDROCK")
+    import shutil
+
+    from gasnet_plugin.engines.protocol import EngineInput
+    from gasnet_plugin.engines.redrock import RedrockEngine
+    from gasnet_plugin.zwarning import ZWarn
+
+    folder = tmp_path / "rr"
+    folder.mkdir()
+    for name in ("rrtemplate-QSO-None-v0.1.fits", "rrtemplate-STAR-G-tiny.fits"):
+        shutil.copy(TINY / name, folder / name)
+    engine = RedrockEngine(templates=str(folder))
+    with pytest.warns(UserWarning, match=r"no GALAXY template"):
+        engine.setup()
+    assert engine.missing_classes == ["GALAXY"]
+    archive = run_pipeline({"stages": ["resample"], "output": {"arrays": ["flux", "ivar"]}},
+                           [str(SDSS_FILES[0])])
+    arrays = archive.arrays
+    result = engine.measure(EngineInput(arrays.arrays["flux"], arrays.arrays["ivar"],
+                                        arrays.loglam))
+    assert np.all(result.zwarn & int(ZWarn.MISSING_TEMPLATE))
+    assert "GALAXY" in result.reasons[int(ZWarn.MISSING_TEMPLATE)]

@@ -184,3 +184,21 @@ def test_calibrate_flags_and_anomalies_commands(tmp_path):
     scores = [float(line.split()[1]) for line in lines[1:]]
     assert scores == sorted(scores, reverse=True)
     assert all("SCORE_" in line for line in lines[1:])
+
+
+def test_anomaly_score_is_in_sigmas_of_rarity_among_right_spectra():
+    """One scale for every score: the fraction p of right calibration spectra beyond a
+    value gives Φ⁻¹(1 − p) σ (1.5 % → 2.17 σ), monotone, finite beyond the range."""
+    from gasnet_plugin.stages.flag_anomaly import rarity_sigma
+
+    right = np.random.default_rng(0).normal(size=10_000)
+    quantiles = np.quantile(right, np.linspace(0, 1, 101))
+    at = np.quantile(right, 0.985)
+    assert abs(rarity_sigma(np.array([at]), quantiles, right.size)[0] - 2.17) < 0.05
+    values = np.linspace(-3, 30, 200)
+    sigma = rarity_sigma(values, quantiles, right.size)
+    assert np.all(np.diff(sigma) >= 0) and np.all(np.isfinite(sigma))
+    # a class doubt of 0.77 where right spectra have 1 - P below 1e-3: large but finite
+    doubts = 10.0 ** np.random.default_rng(1).uniform(-7, -3, 1000)
+    q = np.quantile(doubts, np.linspace(0, 1, 101))
+    assert 3 < rarity_sigma(np.array([0.77]), q, 1000, log=True)[0] < 6

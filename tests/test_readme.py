@@ -31,3 +31,13 @@ def test_the_example_plugin_is_installed_after_the_package():
         for step in command.split("&&"):
             if "example_engine_plugin" in step:
                 assert "-e ." not in step
+
+
+def test_docs_install_lines_are_the_readme_commands():
+    usage = (ROOT / "docs" / "usage.rst").read_text()
+    commands = readme_commands()
+    assert len(commands) == 3                     # run, test, docs
+    for command in commands:
+        assert f"    {command}\n" in usage
+    docs = [c for c in commands if "sphinx-build" in c]
+    assert docs and '".[docs]"' in docs[0]

@@ -89,3 +89,18 @@ def test_report_page_loads_with_its_images(archive_path, tmp_path):
          "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     n_images = text.count("<img")
     assert f'data-images="{n_images}/{n_images}"' in dom
+
+
+def test_line_labels_never_collide_and_each_class_gets_its_own_lines():
+    from gasnet_plugin.report.plots import label_levels, lines_of_class
+
+    # Hα and [N II] 20 Å apart, Ca H and K 35 Å apart on a 5600 Å axis: different rows
+    positions = [6564.6, 6585.3, 3934.8, 3969.6, 5008.2]
+    levels = label_levels(positions, 3600.0, 9200.0)
+    assert levels[0] != levels[1] and levels[2] != levels[3]
+    star = {name for name, _, _ in lines_of_class("STAR")}
+    assert "Ca K" in star and "[O III]" not in star and "[N II]" not in star
+    qso = {name for name, _, _ in lines_of_class("QSO")}
+    assert {"Mg II", "C IV", "Lyα"} <= qso and "Ca K" not in qso
+    galaxy = {name for name, _, _ in lines_of_class("GALAXY")}
+    assert {"[N II]", "Hα", "Ca K"} <= galaxy

@@ -16,7 +16,7 @@ from conftest import DESI_FILE, LAMOST_FILES, REPO, SDSS_FILES, require
 
 from gasnet_plugin.api import as_config
 from gasnet_plugin.host.config import ConfigError
-from gasnet_plugin.host.executors import shard_starts
+from gasnet_plugin.host.executors import missing_shards, shard_starts
 from gasnet_plugin.host.runner import Cursor, Pipeline
 from gasnet_plugin.host.shards import ShardStore, parts_folder
 from gasnet_plugin.io.archive import ArchiveError, RunArchive, read_archive
@@ -67,7 +67,7 @@ def assert_same_archive(a: RunArchive, b: RunArchive) -> None:
 
 def stop_before_merge(pipeline: Pipeline, files: list[Path], out: Path) -> None:
     """Run until every shard is written, then die as a crash in the merge would."""
-    def crash(self, names):
+    def crash(self, names, expected_rows=None):
         raise KeyboardInterrupt
 
     with pytest.MonkeyPatch.context() as patch:
@@ -103,6 +103,49 @@ def test_reading_from_a_cursor_skips_exactly_the_rows_before_it(tmp_path):
 def test_shard_starts_from_row_counts():
     # files of 3, 0, 5 and 1 rows; shards of 2 rows start at run rows 0, 2, 4, 6, 8
     assert shard_starts([3, 0, 5, 1], 2) == [(0, 0), (0, 2), (2, 1), (2, 3), (3, 0)]
+
+
+def test_missing_shards_fill_the_gaps_between_shards_of_any_size():
+    # 20 rows; shards on disk: rows [0, 6), [8, 10), [14, 20); pieces of at most 4 rows
+    assert missing_shards(20, [(8, 2), (0, 6), (14, 6)], 4) == [(6, 2), (10, 4)]
+    assert missing_shards(9, [], 4) == [(0, 4), (4, 4), (8, 1)]
+    assert missing_shards(6, [(0, 6)], 4) == []
+
+
+def test_shards_closed_by_time_give_the_same_archive(tmp_path):
+    """shard_seconds tiny: a shard after every batch (shards of unequal size)."""
+    config = as_config(small_config(tmp_path, shard_seconds=1e-9, shard_size=6))
+    out = tmp_path / "out.asdf"
+    stop_before_merge(Pipeline(config), FIXTURES, out)
+    store = ShardStore(parts_folder(out))
+    assert store.indices() == [0, 2, 4, 6]              # one per batch of 2
+    archive = Pipeline(config).run_to_file(FIXTURES, out, resume=True)
+    assert_same_archive(archive, Pipeline(config).run(FIXTURES))
+
+
+def test_sigterm_saves_the_work_and_says_how_to_resume(tmp_path, many_files):
+    """SIGTERM: the batch in hand is finished and saved, the message says how to resume,
+    and --resume reports what it reuses and gives the uninterrupted archive."""
+    config = small_config(tmp_path, batch_size=1, shard_size=1000)
+    whole, stopped = tmp_path / "whole.asdf", tmp_path / "stopped.asdf"
+    run_cli("run", str(config), str(many_files), "-o", str(whole))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(config), str(many_files),
+         "-o", str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = parts_folder(stopped)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (parts / "manifest.json").is_file():
+        time.sleep(0.01)
+    time.sleep(3.0)                      # models loaded, some batches done
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
+    saved = ShardStore(parts).resume_point()[0]
+    assert 0 < saved < 81 and not stopped.exists()
+    done = run_cli("run", str(config), str(many_files), "-o", str(stopped), "--resume")
+    assert f"resuming: {saved} spectra reused" in done.stderr
+    assert_same_archive(read_archive(whole), read_archive(stopped))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -156,7 +199,7 @@ def test_resume_after_a_crash_before_the_merge(tmp_path):
 
     stop_before_merge(Pipeline(config), FIXTURES, out)
     store = ShardStore(parts_folder(out))
-    assert store.indices() == [0, 1] and not out.exists()
+    assert store.indices() == [0, 4] and not out.exists()    # shards named by first row
     pipeline = Pipeline(config)
     archive = pipeline.run_to_file(FIXTURES, out, resume=True)
     assert pipeline.stage_seconds == {}                 # nothing was computed again
@@ -189,7 +232,7 @@ def test_merge_refuses_a_missing_shard(tmp_path):
     store = ShardStore(parts_folder(out))
     store.spectra_per_shard = config.spectra_per_shard
     store.path(0).unlink()
-    with pytest.raises(ArchiveError, match=r"shards \[0\] are missing"):
+    with pytest.raises(ArchiveError, match=r"rows \[0, 4\) are missing"):
         store.merge(["model"])
 
 

@@ -101,3 +101,16 @@ def test_steps_chain_in_python(folder):
     results = fitted.results
     assert len(results) == 8 and np.isfinite(results["Z"]).all()
     assert [next(iter(s)) for s in fitted.settings["stages"]] == ["resample", "redshift-scan"]
+
+
+def test_strun_logs_one_line_per_step_and_writes_into_output_dir(tmp_path):
+    """stpipe's chatter held back: one INFO line per step; --output_dir + --output_file
+    put the archive where the docs say."""
+
+    done = strun("gasnet_pipeline", str(SDSS_FILES[0]), f"--output_dir={tmp_path / 'out'}",
+                 "--output_file=run1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "out" / "run1_gasnet.asdf").is_file()
+    lines = [line for line in (done.stdout + done.stderr).splitlines() if " - INFO - " in line]
+    assert len(lines) == 7, lines                     # six steps and the pipeline
+    assert "parameters are" not in done.stdout + done.stderr

@@ -15,6 +15,11 @@ from gasnet_plugin.cli.common import (
 from gasnet_plugin.cli.group import main
 
 
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``"1 spectrum"``, ``"2 spectra"``."""
+    return f"{count} {singular if count == 1 else (many or singular + 's')}"
+
+
 @main.command()
 @click.argument("config", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
@@ -44,6 +49,7 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
     """
     from gasnet_plugin.api import as_config
     from gasnet_plugin.host.config import ConfigError, parse_config
+    from gasnet_plugin.host.executors import RunStopped
     from gasnet_plugin.host.runner import Pipeline
     from gasnet_plugin.io.archive import ArchiveError
     from gasnet_plugin.zwarning import FATAL
@@ -60,12 +66,18 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
             overrides["executor"]["name"] = executor
         pipeline = Pipeline(parse_config(overrides, source=settings.source))
         archive = pipeline.run_to_file(inputs, output, resume=resume, overwrite=overwrite,
-                                       progress=progress)
+                                       progress=progress,
+                                       notify=lambda message: click.echo(message, err=True))
     except (ConfigError, ArchiveError) as exc:
         fail(str(exc))
+    except RunStopped as stopped:
+        click.echo(f"gasnet: {stopped}:\n  gasnet run {config} {' '.join(inputs)} -o {output} "
+                   "--resume", err=True)
+        sys.exit(128 + stopped.signum)
     run_info = archive.run
-    click.echo(f"wrote {output}: {run_info.n_spectra} spectra from {len(run_info.inputs)} "
-               f"file(s), {run_info.n_failed} could not be measured", err=True)
+    click.echo(f"wrote {output}: {plural(run_info.n_spectra, 'spectrum', 'spectra')} from "
+               f"{plural(len(run_info.inputs), 'file')}, {run_info.n_failed} could not be "
+               "measured", err=True)
     if run_info.n_failed:
         results = archive.results
         fatal = results[(np.asarray(results["ZWARN"]) & int(FATAL)) != 0]

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -70,11 +72,17 @@ class RedrockEngine(RedshiftEngine):
                              "description": "Gaussian resolution, pixels of the common grid"},
         "quiet": {"type": "boolean", "default": True,
                   "description": "hide Redrock's progress messages"},
+        "expected_classes": {"type": "array", "items": {"type": "string"},
+                             "default": ["GALAXY", "QSO", "STAR"],
+                             "description": "classes the run expects; one without a "
+                                            "template is warned about at setup and flagged "
+                                            "(MISSING_TEMPLATE) on every row"},
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self._templates: dict[int, Any] = {}
+        self.missing_classes: list[str] = []
 
     @property
     def template_path(self) -> str:
@@ -92,7 +100,13 @@ class RedrockEngine(RedshiftEngine):
         except ImportError:
             raise ConfigError("the redrock engine needs Redrock: "
                               "pip install 'gasnet-plugin[redrock]'") from None
-        _ = self.template_path
+        classes = template_classes(self.template_path)
+        self.missing_classes = [c for c in self.params["expected_classes"] if c not in classes]
+        if self.missing_classes:
+            warnings.warn(f"redrock engine: no {', '.join(self.missing_classes)} template in "
+                          f"{self.template_path} (it has {', '.join(sorted(classes))}): no "
+                          f"spectrum can come out {' or '.join(self.missing_classes)}, and "
+                          "every row gets ZWARN MISSING_TEMPLATE", UserWarning, stacklevel=2)
 
     def _quiet(self) -> contextlib.AbstractContextManager:
         return contextlib.redirect_stdout(io.StringIO()) if self.params["quiet"] \
@@ -146,6 +160,11 @@ class RedrockEngine(RedshiftEngine):
         if other:
             reasons[int(ZWarn.BAD_FIT)] = "Redrock ZWARN bits " + ", ".join(
                 f[0] for f in ZWarningMask.flags() if int(f[1]) & other)
+        if self.missing_classes:
+            zwarn |= int(ZWarn.MISSING_TEMPLATE)
+            reasons[int(ZWarn.MISSING_TEMPLATE)] = (
+                f"no {', '.join(self.missing_classes)} template: the scan could not consider "
+                f"{' or '.join(self.missing_classes)}")
         columns = {
             "Z": np.asarray(best["z"], dtype=np.float64),
             "ZERR": np.asarray(best["zerr"], dtype=np.float64),
@@ -159,6 +178,23 @@ class RedrockEngine(RedshiftEngine):
             "CAND_CHI2": cand_chi2,
         }
         return EngineResult(columns=columns, zwarn=zwarn, reasons=reasons)
+
+
+def template_classes(path: str) -> set[str]:
+    """The classes (Redrock's ``RRTYPE``) of the ``rrtemplate-*.fits`` at ``path`` (a
+    folder or one file)."""
+    from astropy.io import fits
+
+    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("rrtemplate-*.fits"))
+    classes = set()
+    for file in files:
+        try:
+            rrtype = fits.getheader(file, 0).get("RRTYPE")
+        except OSError:
+            rrtype = None
+        name = file.name.split("-")
+        classes.add(str(rrtype).strip() if rrtype else (name[1] if len(name) > 2 else ""))
+    return classes - {""}
 
 
 @hookimpl

@@ -106,6 +106,7 @@ class PipelineConfig:
     reader: str = "auto"
     batch_size: int = 256
     shard_size: int = 8192
+    shard_seconds: float = 60.0
     executor: dict[str, Any] = field(default_factory=lambda: {"name": "local"})
     device: str = "cpu"
     progress: bool | None = None
@@ -126,6 +127,7 @@ class PipelineConfig:
             "reader": self.reader,
             "batch_size": self.batch_size,
             "shard_size": self.shard_size,
+            "shard_seconds": self.shard_seconds,
             "executor": copy.deepcopy(self.executor),
             "device": self.device,
             "progress": self.progress,
@@ -165,6 +167,7 @@ def parse_config(raw: Any, source: str = "<dict>") -> PipelineConfig:
         reader=raw.get("reader", top["reader"]),
         batch_size=raw.get("batch_size", top["batch_size"]),
         shard_size=raw.get("shard_size", top["shard_size"]),
+        shard_seconds=float(raw.get("shard_seconds", top["shard_seconds"])),
         executor=executor,
         device=raw.get("device", top["device"]),
         progress=raw.get("progress", top["progress"]),

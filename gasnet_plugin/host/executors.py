@@ -19,7 +19,10 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,36 +31,110 @@ import numpy as np
 from gasnet_plugin.host.config import ConfigError, parse_config
 
 if TYPE_CHECKING:
-    from gasnet_plugin.host.runner import Pipeline
+    from gasnet_plugin.host.runner import BatchOutput, Pipeline
     from gasnet_plugin.host.shards import ShardStore
 
 
+class RunStopped(Exception):
+    """The run was stopped by a signal after saving its work.
+
+    Attributes
+    ----------
+    signum
+        The signal (SIGTERM, SIGINT).
+    rows_saved
+        Run rows in unbroken shards from the start (what ``--resume`` reuses).
+    folder
+        Where the shards are.
+    """
+
+    def __init__(self, signum: int, rows_saved: int, folder: Path) -> None:
+        self.signum, self.rows_saved, self.folder = signum, rows_saved, folder
+        name = signal.Signals(signum).name
+        super().__init__(f"stopped by {name}: {rows_saved} spectra saved in {folder}; "
+                         "the same command with --resume finishes the run")
+
+
+class StopRequest:
+    """While active (a context manager), SIGTERM and SIGINT (Ctrl-C) ask the run to stop
+    after the batch in hand instead of killing it; a second signal stops at once. Signal
+    handlers can only be set from the main thread: elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
 class LocalExecutor:
-    """Stream the run in this process, writing a shard every ``spectra_per_shard``
-    spectra; a resumed run starts after the last shard on disk."""
+    """Stream the run in this process; a resumed run starts after the unbroken shards on
+    disk. A shard is closed every ``spectra_per_shard`` spectra, every ``shard_seconds``,
+    or when the run is asked to stop (SIGTERM, Ctrl-C: the batch in hand is finished and
+    saved, then :class:`RunStopped` is raised)."""
 
     def __init__(self, settings: dict[str, Any]) -> None:
         self.settings = settings
 
     def run(self, pipeline: Pipeline, files: Sequence[Path], store: ShardStore,
-            progress: bool | None) -> None:
-        """Write the shards still missing."""
-        index, start = store.resume_point()
+            progress: bool | None, notify: Callable[[str], None] = print) -> int:
+        """Write the shards still missing; returns the run's number of rows."""
+        row, cursor = store.resume_point()
+        resumed = row > 0
+        if resumed:
+            notify(f"resuming: {row} spectra reused from {len(store.indices())} shard(s) "
+                   f"in {store.folder}; {len(files) - cursor.file} of {len(files)} files "
+                   "left to read")
         per_shard = store.spectra_per_shard
+        seconds = pipeline.config.shard_seconds
         names = pipeline.archived_arrays
-        pending = []
-        filled = 0
-        with pipeline.progress_bar(len(files) - start.file, "file", progress) as bar:
-            for output in pipeline.stream(files, start, on_file_read=lambda: bar.update(1)):
+        pending: list[BatchOutput] = []
+        filled = done = files_read = 0
+        opened = time.monotonic()
+        remaining_files = len(files) - cursor.file
+        with StopRequest() as stop, \
+                pipeline.progress_bar(None, "spectrum", progress) as bar:
+            def file_read() -> None:
+                nonlocal files_read
+                files_read += 1
+
+            for output in pipeline.stream(files, cursor, on_file_read=file_read):
                 pending.append(output)
                 filled += len(output)
+                done += len(output)
+                if files_read:   # the total, estimated from the files read so far
+                    bar.total = max(done, round(done * remaining_files / files_read))
+                bar.update(len(output))
                 if filled > per_shard:   # cannot happen: shards are whole batches
-                    raise RuntimeError(f"shard {index} overfilled ({filled} > {per_shard})")
-                if filled == per_shard:
-                    store.write(index, pending, names)
-                    index, pending, filled = index + 1, [], 0
+                    raise RuntimeError(f"shard at row {row} overfilled ({filled} > "
+                                       f"{per_shard})")
+                if filled == per_shard or stop.signum is not None \
+                        or time.monotonic() - opened >= seconds:
+                    store.write(row, pending, names)
+                    row, pending, filled, opened = row + filled, [], 0, time.monotonic()
+                if stop.signum is not None:
+                    raise RunStopped(stop.signum, row, store.folder)
             if pending:
-                store.write(index, pending, names)
+                store.write(row, pending, names)
+                row += filled
+            bar.total = done
+            bar.refresh()
+        if resumed:
+            notify(f"computed the {done} spectra left")
+        return row
 
 
 # -- dask ------------------------------------------------------------------------------------
@@ -85,28 +162,49 @@ def count_spectra(config: dict[str, Any], source: str, files: list[str], threads
     return [sum(len(block) for block in pipeline.read_file(Path(f))) for f in files]
 
 
-def process_shard(config: dict[str, Any], source: str, files: list[str], index: int,
-                  start_file: int, start_row: int, folder: str, spectra_per_shard: int,
+def process_shard(config: dict[str, Any], source: str, files: list[str], start_row: int,
+                  start_file: int, start_in_file: int, folder: str, limit: int,
                   threads: int) -> dict[str, int]:
-    """Dask task: compute shard ``index`` (``spectra_per_shard`` spectra from cursor
-    ``(start_file, start_row)``) and write it to ``folder``."""
+    """Dask task: compute the shard of ``limit`` run rows from ``start_row`` (at cursor
+    ``(start_file, start_in_file)``) and write it to ``folder`` (replacing a shard a
+    failed attempt of this task may have written)."""
     from gasnet_plugin.host.runner import Cursor
     from gasnet_plugin.host.shards import ShardStore
 
     pipeline = _worker_pipeline(config, source, threads)
-    store = ShardStore(folder, spectra_per_shard)
-    outputs = list(pipeline.stream([Path(f) for f in files], Cursor(start_file, start_row),
-                                   limit=spectra_per_shard))
-    store.write(index, outputs, pipeline.archived_arrays)
-    return {"index": index, "n_rows": sum(len(o) for o in outputs)}
+    store = ShardStore(folder, limit)
+    outputs = list(pipeline.stream([Path(f) for f in files], Cursor(start_file, start_in_file),
+                                   limit=limit))
+    store.write(start_row, outputs, pipeline.archived_arrays)
+    return {"start_row": start_row, "n_rows": sum(len(o) for o in outputs)}
+
+
+def missing_shards(total: int, covered: Sequence[tuple[int, int]], spectra_per_shard: int,
+                   ) -> list[tuple[int, int]]:
+    """``(first row, rows)`` of the shards still to compute: the rows of ``[0, total)``
+    not in the ``covered`` ``(first row, rows)`` shards, cut into pieces of at most
+    ``spectra_per_shard`` from the start of each gap (gaps start on batch boundaries, so
+    the pieces do too)."""
+    todo, row = [], 0
+    for start, n in [*sorted(covered), (total, 0)]:
+        for piece in range(row, min(start, total), spectra_per_shard):
+            todo.append((piece, min(spectra_per_shard, start - piece)))
+        row = max(row, start + n)
+    return todo
+
+
+def cursors_of_rows(counts: Sequence[int], rows: Sequence[int]) -> list[tuple[int, int]]:
+    """The cursor ``(file, row within it)`` of each run row, given the rows of each file."""
+    bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    rows = np.asarray(rows, dtype=np.int64)
+    files = np.searchsorted(bounds, rows, side="right") - 1
+    return [(int(f), int(r - bounds[f])) for f, r in zip(files, rows, strict=True)]
 
 
 def shard_starts(counts: Sequence[int], spectra_per_shard: int) -> list[tuple[int, int]]:
-    """The cursor ``(file, row)`` where each shard starts, given the rows of each file."""
-    bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    starts = np.arange(0, int(bounds[-1]), spectra_per_shard, dtype=np.int64)
-    files = np.searchsorted(bounds, starts, side="right") - 1
-    return [(int(f), int(s - bounds[f])) for f, s in zip(files, starts, strict=True)]
+    """The cursor ``(file, row)`` where each shard of a run from scratch starts, given the
+    rows of each file."""
+    return cursors_of_rows(counts, range(0, int(sum(counts)), spectra_per_shard))
 
 
 class DaskExecutor:
@@ -150,8 +248,9 @@ class DaskExecutor:
             yield client
 
     def run(self, pipeline: Pipeline, files: Sequence[Path], store: ShardStore,
-            progress: bool | None) -> None:
-        """Count the rows per file, then compute the missing shards on the workers."""
+            progress: bool | None, notify: Callable[[str], None] = print) -> int:
+        """Count the rows per file, then compute the missing shards on the workers;
+        returns the run's number of rows."""
         from distributed import as_completed
 
         config = pipeline.config.as_dict()
@@ -170,18 +269,28 @@ class DaskExecutor:
                 futures = client.map(count_spectra, [config] * len(chunks),
                                      [source] * len(chunks), chunks,
                                      [threads] * len(chunks), pure=False)
+                with pipeline.progress_bar(len(names), "file", progress,
+                                           "gasnet: counting spectra") as bar:
+                    for future in as_completed(futures):
+                        bar.update(len(future.result()))
                 counts = [n for part in client.gather(futures) for n in part]
                 counts_file.write_text(json.dumps(counts))
-            done = set(store.indices())
-            todo = [(k, start) for k, start in enumerate(shard_starts(counts, per_shard))
-                    if k not in done]
-            futures = [client.submit(process_shard, config, source, names, k, f, r,
-                                     str(store.folder), per_shard, threads, pure=False)
-                       for k, (f, r) in todo]
-            with pipeline.progress_bar(len(futures), "shard", progress) as bar:
+            total = int(sum(counts))
+            covered = store.covered()
+            if covered:
+                reused = sum(n for _, n in covered)
+                notify(f"resuming: {reused} spectra reused from {len(covered)} shard(s) in "
+                       f"{store.folder}, {total - reused} left")
+            todo = missing_shards(total, covered, per_shard)
+            cursors = cursors_of_rows(counts, [start for start, _ in todo])
+            futures = [client.submit(process_shard, config, source, names, start, f, r,
+                                     str(store.folder), n, threads, pure=False)
+                       for (start, n), (f, r) in zip(todo, cursors, strict=True)]
+            with pipeline.progress_bar(sum(n for _, n in todo), "spectrum", progress) as bar:
                 for future in as_completed(futures):
-                    future.result()
-                    bar.update(1)
+                    bar.update(future.result()["n_rows"])
+        return total
+
 
 EXECUTORS: dict[str, type[LocalExecutor] | type[DaskExecutor]] = {
     "local": LocalExecutor,

@@ -403,21 +403,25 @@ class Pipeline:
         results, arrays = assemble_outputs(outputs, self.archived_arrays)
         return RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
 
-    def progress_bar(self, total: int, unit: str, progress: bool | None) -> tqdm:
-        """A tqdm bar on standard error, shown as ``progress`` (or the config) says."""
+    def progress_bar(self, total: int | None, unit: str, progress: bool | None,
+                     desc: str = "gasnet") -> tqdm:
+        """A tqdm bar on standard error (count, rate, ETA), shown as ``progress`` (or the
+        config) says; by default on a terminal."""
         if progress is None:
             progress = self.config.progress
         if progress is None:
-            progress = total > 1 and sys.stderr.isatty()
-        return tqdm(total=total, unit=unit, disable=not progress, file=sys.stderr,
-                    desc="gasnet")
+            progress = sys.stderr.isatty()
+        return tqdm(total=total, unit=f" {unit}", disable=not progress, file=sys.stderr,
+                    desc=desc, unit_scale=False, dynamic_ncols=True)
 
     def run_to_file(self, inputs: Sequence[str | Path], output: str | Path, *,
                     resume: bool = False, overwrite: bool = False,
-                    progress: bool | None = None) -> RunArchive:
+                    progress: bool | None = None,
+                    notify: Callable[[str], None] | None = None) -> RunArchive:
         """Run the pipeline streaming to shards, then merge them into the archive.
 
-        Results go, every ``shard_size`` spectra, to a shard in ``OUTPUT.parts/``; memory
+        Results go, every ``shard_size`` spectra (or ``shard_seconds``), to a shard in
+        ``OUTPUT.parts/``; memory
         holds one batch of spectra and one shard of results. The executor of the config
         (``local`` or ``dask``) produces the shards; the merge checks that they cover
         every input spectrum exactly once, writes the archive atomically and removes the
@@ -438,10 +442,16 @@ class Pipeline:
         overwrite
             Replace an existing archive (and discard the shards of a stopped run).
         progress
-            Show a progress bar (``None``: the config decides).
+            Show a progress bar over the spectra done (``None``: the config decides).
+        notify
+            Called with one-line messages for the user (what a resume reuses); default:
+            none.
 
         Raises
         ------
+        RunStopped
+            The run was stopped by SIGTERM or Ctrl-C after saving its shards (the same call
+            with ``resume=True`` finishes it).
         ArchiveError
             The output exists (without ``overwrite`` or ``resume``), the shards of a stopped
             run are there (without ``resume`` or ``overwrite``), or they do not belong to
@@ -467,8 +477,8 @@ class Pipeline:
                                f"--resume to finish it or --overwrite to start again")
         executor = get_executor(self.config.executor["name"])(self.config.executor)
         store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
-        executor.run(self, files, store, progress)
-        results, arrays = store.merge(self.archived_arrays)
+        total = executor.run(self, files, store, progress, notify or (lambda message: None))
+        results, arrays = store.merge(self.archived_arrays, expected_rows=total)
         archive = RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
         archive.write(output, overwrite=True)
         store.remove()

@@ -3,14 +3,17 @@
 A run writing ``OUTPUT`` keeps its shards in ``OUTPUT.parts/``::
 
     manifest.json          what run the shards belong to (config, inputs, shard size)
-    shard-000000.asdf      rows [0, S) of the results, in input order
-    shard-000001.asdf      rows [S, 2S)
+    shard-000000.asdf      rows [0, n0) of the results, in input order
+    shard-000512.asdf      rows [512, 512 + n1): a shard is named by its first row
     ...
 
-Shard ``k`` always holds rows ``[k S, (k+1) S)`` of the run's global order (``S`` the
-config's ``spectra_per_shard``), whoever wrote it: the local executor as it streams, a
-resumed run, or a Dask worker. Each shard is an ASDF file (schema ``results_shard-1.0.0``)
-written atomically, so a shard on disk is complete. Its record says where the next
+A shard holds whole batches of the run's global order, at most ``S`` rows (the config's
+``spectra_per_shard``): the local executor closes one every ``S`` spectra, every
+``shard_seconds`` or when it is stopped (SIGTERM, Ctrl-C), a Dask worker computes one
+of ``S`` rows (or what is left of a gap). Shards start on batch boundaries, so a resumed
+or distributed run forms the same batches as one from the beginning. Each shard is an ASDF
+file (schema ``results_shard-1.0.0``) written atomically, so a shard on disk is complete,
+and writing one again (a retried task) replaces it. Its record says where the next
 spectrum is (the cursor a resumed run restarts from). The merge checks that the shards
 cover every row exactly once before the archive is written; then the folder is removed.
 """
@@ -40,7 +43,7 @@ SHARD_SCHEMA_URI = URI_BASE + "schemas/results_shard-1.0.0"
 MANIFEST_NAME = "manifest.json"
 SHARD_NAME = re.compile(r"^shard-(\d{6,})\.asdf$")
 
-RUN_KEYS_FREE_TO_CHANGE = ("executor", "progress")
+RUN_KEYS_FREE_TO_CHANGE = ("executor", "progress", "shard_seconds")
 """Config keys a resumed run may change: they decide where and how visibly the work runs,
 not what it computes."""
 
@@ -84,7 +87,7 @@ class ShardStore:
     folder
         ``OUTPUT.parts``.
     spectra_per_shard
-        Rows of every shard but the last (set by :meth:`open` for the run's config).
+        Rows a shard holds at most (set by :meth:`open` for the run's config).
     """
 
     def __init__(self, folder: str | Path, spectra_per_shard: int = 0) -> None:
@@ -132,22 +135,25 @@ class ShardStore:
 
     # -- shards ----------------------------------------------------------------------------
 
-    def path(self, index: int) -> Path:
-        """The file of shard ``index``."""
-        return self.folder / f"shard-{index:06d}.asdf"
+    def path(self, start_row: int) -> Path:
+        """The file of the shard whose first run row is ``start_row``."""
+        return self.folder / f"shard-{start_row:06d}.asdf"
 
     def indices(self) -> list[int]:
-        """Indices of the shards on disk, sorted (temporary files are not shards)."""
+        """First rows of the shards on disk, sorted (temporary files are not shards)."""
         found = (SHARD_NAME.match(p.name) for p in self.folder.iterdir())
         return sorted(int(m.group(1)) for m in found if m)
 
-    def write(self, index: int, outputs: Sequence[BatchOutput], names: Sequence[str]) -> Path:
-        """Write shard ``index`` from the outputs of its batches (atomically)."""
+    def write(self, start_row: int, outputs: Sequence[BatchOutput], names: Sequence[str],
+              ) -> Path:
+        """Write the shard of run rows from ``start_row`` from the outputs of its batches
+        (atomically; a shard already there is replaced)."""
         from gasnet_plugin.host.runner import assemble_outputs
 
         results, arrays = assemble_outputs(outputs, names)
         end = outputs[-1].end
-        record = {"index": int(index), "start_row": int(index * self.spectra_per_shard),
+        index = start_row
+        record = {"index": int(start_row), "start_row": int(start_row),
                   "n_rows": len(results), "end_file": int(end.file), "end_row": int(end.row)}
         tree: dict[str, Any] = {"shard": record, "results": results}
         if arrays is not None:
@@ -178,46 +184,51 @@ class ShardStore:
                                f"{type(exc).__name__}: {exc}") from exc
 
     def resume_point(self) -> tuple[int, Cursor]:
-        """The first shard missing from the unbroken run of shards 0, 1, ... on disk, and
-        the cursor where its spectra start (the end of the shard before it)."""
+        """The first run row not covered by the unbroken run of shards from row 0 on disk,
+        and the cursor where it starts (the end of the shard before it)."""
         from gasnet_plugin.host.runner import Cursor
 
         present = set(self.indices())
-        index = 0
-        while index in present:
-            index += 1
-        if index == 0:
-            return 0, Cursor()
-        record = self.record(index - 1)
-        return index, Cursor(record["end_file"], record["end_row"])
+        row, cursor = 0, Cursor()
+        while row in present:
+            record = self.record(row)
+            if record["n_rows"] <= 0:
+                break
+            row += record["n_rows"]
+            cursor = Cursor(record["end_file"], record["end_row"])
+        return row, cursor
 
-    def merge(self, names: Sequence[str]) -> tuple[Table, SpectrumArrays | None]:
+    def covered(self) -> list[tuple[int, int]]:
+        """``(first row, rows)`` of every shard on disk, by first row."""
+        return [(start, self.record(start)["n_rows"]) for start in self.indices()]
+
+    def merge(self, names: Sequence[str], expected_rows: int | None = None,
+              ) -> tuple[Table, SpectrumArrays | None]:
         """The results (and archived arrays) of all shards, in row order.
 
         Raises
         ------
         ArchiveError
-            If the shards do not tile the rows: a gap, an overlap, or a shard that is not
-            full before the last one (no row lost, none duplicated).
+            If the shards do not tile the rows from 0 (to ``expected_rows`` when given): a
+            gap, an overlap, or a shard whose record disagrees with its name or its table
+            (no row lost, none duplicated).
         """
         from gasnet_plugin.host.runner import BatchOutput, Cursor, assemble_outputs
 
         indices = self.indices()
-        if indices != list(range(len(indices))):
-            missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
-            raise ArchiveError(f"{self.folder}: shards {missing} are missing")
         outputs = []
         next_row = 0
         for index in indices:
+            if index != next_row:
+                what = (f"rows [{next_row}, {index}) are missing" if index > next_row
+                        else f"shard from row {index} overlaps rows before {next_row}")
+                raise ArchiveError(f"{self.folder}: {what}")
             record, results, arrays = self.read(index)
             if record["index"] != index or record["start_row"] != next_row \
-                    or record["n_rows"] != len(results):
+                    or record["n_rows"] != len(results) or not len(results):
                 raise ArchiveError(f"{self.path(index)}: holds rows from "
                                    f"{record['start_row']} ({len(results)} rows), expected "
                                    f"rows from {next_row}")
-            if index < indices[-1] and len(results) != self.spectra_per_shard:
-                raise ArchiveError(f"{self.path(index)}: {len(results)} rows, expected "
-                                   f"{self.spectra_per_shard}")
             next_row += len(results)
             outputs.append(BatchOutput(
                 results=results,
@@ -228,4 +239,8 @@ class ShardStore:
                 end=Cursor(record["end_file"], record["end_row"])))
         if not outputs:
             raise ArchiveError(f"{self.folder}: no shards to merge")
+        if expected_rows is not None and next_row != expected_rows:
+            raise ArchiveError(f"{self.folder}: shards hold {next_row} rows, the inputs "
+                               f"{expected_rows}: rows [{next_row}, {expected_rows}) are "
+                               "missing")
         return assemble_outputs(outputs, names)

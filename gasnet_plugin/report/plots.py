@@ -26,6 +26,11 @@ MEASURED = {"Lyα": "LYALPHA", "C IV": "CIV_1549", "Mg II": "MGII_2800", "[O II]
             "Hβ": "HBETA", "[O III]": "OIII_5007", "Hα": "HALPHA", "[N II]": "NII_6584",
             "[S II]": "SII_6716"}
 """Marked line → the subtype stage's column prefix of its measurement."""
+STELLAR = {"Hα": 6564.61, "Hβ": 4862.68, "Hγ": 4341.68, "Hδ": 4102.89, "Ca K": 3934.78,
+           "Ca H": 3969.59, "G": 4305.6, "Mg b": 5176.7, "Na D": 5895.6, "TiO": 7053.0}
+"""Rest vacuum wavelengths (Å) of the absorption features marked on stars."""
+QSO_LINES = ("Lyα", "C IV", "C III]", "Mg II", "Hδ", "Hγ", "Hβ", "[O III]", "Hα")
+"""The emission lines marked on QSOs (the rest of LINES are galaxy lines)."""
 ABSORPTION = {"Ca K": 3934.78, "Ca H": 3969.59, "G": 4305.6, "Mg b": 5176.7, "Na D": 5895.6}
 CLASS_COLOURS = {"GALAXY": "tab:blue", "QSO": "tab:orange", "STAR": "tab:green"}
 
@@ -59,6 +64,41 @@ def _measured_snr(row: object, prefix: str) -> float | None:
     return flux / error if np.isfinite(flux) and np.isfinite(error) and error > 0 else None
 
 
+def lines_of_class(spectype: str) -> list[tuple[str, float, str]]:
+    """``(name, rest Å, colour)`` of the features marked for a class: galaxies their
+    emission (blue) and absorption (green) lines, QSOs their broad and narrow emission
+    lines, stars their absorption features; everything for an unknown class."""
+    if spectype == "STAR":
+        return [(n, w, "tab:green") for n, w in STELLAR.items()]
+    if spectype == "QSO":
+        return [(n, LINES[n], "tab:blue") for n in QSO_LINES]
+    return [*((n, w, "tab:blue") for n, w in LINES.items()),
+            *((n, w, "tab:green") for n, w in ABSORPTION.items())]
+
+
+def label_levels(positions: list[float], low: float, high: float,
+                 min_gap: float = 0.018, n_levels: int = 3) -> list[int]:
+    """A text row (0, 1, 2, ...) for each label at ``positions`` (Å) so that labels
+    closer than ``min_gap`` of the axis width never share a row (Hα and [N II], Ca H and
+    K): each label takes the first row whose last label is far enough."""
+    order = np.argsort(positions)
+    span = (high - low) * min_gap
+    last = [-np.inf] * n_levels
+    levels = [0] * len(positions)
+    for i in order:
+        free = [r for r in range(n_levels) if positions[i] - last[r] >= span]
+        row = free[0] if free else int(np.argmin(last))
+        levels[i] = row
+        last[row] = positions[i]
+    return levels
+
+
+def flux_unit_of(archive: RunArchive, row: object) -> str:
+    """The flux unit of a row: its ``FLUX_UNIT``, else the archive's, else "unit unknown"."""
+    unit = str(row["FLUX_UNIT"]).strip() if "FLUX_UNIT" in getattr(row, "colnames", []) else ""
+    return unit or archive.arrays.flux_unit or "unit unknown"
+
+
 def spectrum_figure(archive: RunArchive, index: int, path: Path) -> Path:
     """Data, model, residual and χ² curves of results row ``index`` (needs the arrays
     ``flux`` and ``model``; ``residual``, ``ivar`` and ``chi2_curves`` when present)."""
@@ -83,30 +123,38 @@ def spectrum_figure(archive: RunArchive, index: int, path: Path) -> Path:
     span = high - low or 1.0
     top.set_ylim(low - 0.15 * span, high + 0.3 * span)
     if z is not None:
-        for lines, colour in ((LINES, "tab:blue"), (ABSORPTION, "tab:green")):
-            for name, rest in lines.items():
-                observed = rest * (1 + z)
-                if wave[0] < observed < wave[-1]:
-                    snr = _measured_snr(row, MEASURED.get(name, ""))
-                    detected = snr is not None and snr > 3
-                    top.axvline(observed, color=colour, lw=1.2 if detected else 0.6,
-                                ls="-" if detected else ":", alpha=0.6 if detected else 1.0)
-                    label = f"{name} S/N {snr:.0f}" if detected else name
-                    top.text(observed, high + 0.22 * span, label, rotation=90, fontsize=7,
-                             ha="center", va="top", color=colour,
-                             fontweight="bold" if detected else "normal")
+        marks = []
+        for name, rest, colour in lines_of_class(str(row["SPECTYPE"])):
+            observed = rest * (1 + z)
+            if wave[0] < observed < wave[-1]:
+                snr = _measured_snr(row, MEASURED.get(name, ""))
+                detected = snr is not None and snr > 3 and colour == "tab:blue"
+                top.axvline(observed, color=colour, lw=1.2 if detected else 0.6,
+                            ls="-" if detected else ":", alpha=0.6 if detected else 1.0)
+                marks.append((observed, f"{name} S/N {snr:.0f}" if detected else name,
+                              colour, detected))
+        for (observed, label, colour, detected), level in zip(
+                marks, label_levels([m[0] for m in marks], wave[0], wave[-1]), strict=True):
+            top.text(observed, high + (0.28 - 0.1 * level) * span, label, rotation=90,
+                     fontsize=7, ha="center", va="top", color=colour,
+                     fontweight="bold" if detected else "normal")
     zerr = f" ± {row['ZERR']:.1e}" if np.isfinite(row["ZERR"]) else ""
     truth = f"; survey {row['SURVEY_CLASS']} z={row['SURVEY_Z']:.4f}" \
         if str(row["SURVEY_CLASS"]).strip() else ""
     top.set_title(f"{Path(str(row['SOURCE'])).name} [{row['ROW']}]: {row['SPECTYPE']} "
                   f"z={row['Z']:.5f}{zerr}, Δχ²={row['DELTACHI2']:.1f}, ZWARN={row['ZWARN']}"
                   f"{truth}", fontsize=9)
-    top.set_ylabel(f"flux [{archive.arrays.flux_unit or 'as read'}]", fontsize=8)
+    top.set_ylabel(f"flux [{flux_unit_of(archive, row)}]", fontsize=8)
     top.legend(fontsize=7, loc="upper right")
     residual = arrays["residual"][index] if "residual" in arrays else flux - model
-    middle.plot(wave, _smooth(np.where(valid, residual, np.nan), 3), color="0.3", lw=0.5)
+    if "ivar" in arrays:
+        middle.plot(wave, _smooth(np.where(valid, residual * np.sqrt(ivar), np.nan), 3),
+                    color="0.3", lw=0.5)
+        middle.set_ylabel("residual [σ]", fontsize=8)
+    else:
+        middle.plot(wave, _smooth(np.where(valid, residual, np.nan), 3), color="0.3", lw=0.5)
+        middle.set_ylabel("residual (no ivar archived)", fontsize=8)
     middle.axhline(0, color="crimson", lw=0.6)
-    middle.set_ylabel("residual", fontsize=8)
     middle.set_xlabel("observed wavelength [Å]", fontsize=8)
     if has_curves:
         bottom = axes[2]
@@ -143,9 +191,15 @@ def run_figures(archive: RunArchive, truth: Truth, evaluation: Evaluation,
     out = {}
 
     fig, ax = plt.subplots(figsize=(5.5, 5))
+    flagged = np.asarray(results["ZWARN"]) != 0
     for name, colour in CLASS_COLOURS.items():
         pick = known & (spectype == name)
-        ax.scatter(truth.z[pick], z[pick], s=10, color=colour, label=name, alpha=0.8)
+        ax.scatter(truth.z[pick & ~flagged], z[pick & ~flagged], s=10, color=colour,
+                   label=f"SPECTYPE {name}", alpha=0.8)
+        ax.scatter(truth.z[pick & flagged], z[pick & flagged], s=22, facecolors="none",
+                   edgecolors=colour, linewidths=0.9)
+    ax.scatter([], [], s=22, facecolors="none", edgecolors="0.3",
+               label="open: ZWARN ≠ 0 (flagged)")
     top = float(np.nanmax(np.concatenate([truth.z[known], z[known], [0.1]]))) * 1.05
     ax.plot([0, top], [0, top], color="0.5", lw=0.6)
     ax.set_xscale("symlog", linthresh=0.01)
@@ -211,6 +265,7 @@ def thumbnail(archive: RunArchive, index: int, path: Path) -> Path:
         ax.plot(wave, np.where(valid, arrays["model"][index], np.nan), color="crimson", lw=0.7)
     ax.set_title(f"{Path(str(row['SOURCE'])).name}[{row['ROW']}] {row['SPECTYPE']} "
                  f"z={row['Z']:.3f}", fontsize=7)
+    ax.set_ylabel(f"flux [{flux_unit_of(archive, row)}]", fontsize=6)
     ax.tick_params(labelsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -12,8 +12,12 @@ SCORE_DEGENERATE   ``−log10 R``, GaSNet-III's degeneracy R between the two bes
                    (``DEGENERACY``; 0 when there is a single minimum)
 SCORE_ZDIFF        ``|Z − CNN_Z| / √(ZERR² + CNN_ZERR²)``: scan and GaSNet-II regressor
 SCORE_CLASS        ``1 − P(SPECTYPE)``: the classifier's doubt about the scan's class
-ANOMALY_SCORE      the largest of the four scores, each divided by its threshold (1 = at the
-                   threshold): one number to rank spectra by
+ANOMALY_SCORE      in sigmas: the rarest of the four scores among the calibration spectra
+                   whose class and redshift are right, as a Gaussian-equivalent deviation
+                   (a score exceeded by a fraction p of them is Φ⁻¹(1 − p) σ; the flag
+                   thresholds, p = 1.5 %, sit at 2.17 σ; beyond the largest calibration
+                   value it grows by one per (largest − median) of excess, in decades for
+                   SCORE_CLASS); one number to rank spectra by, on one scale
 ANOMALY_REASON     which score gives ANOMALY_SCORE, with its value
 =================  ==========================================================================
 
@@ -82,6 +86,11 @@ class FlagThresholds:
         itself needs no threshold).
     chi2_median, chi2_scatter
         Class → ``(len(SNR_EDGES) − 1,)`` median and robust scatter of ``RCHI2`` per S/N bin.
+    score_quantiles
+        Score → ``(101,)`` its 0, 1, ..., 100 % quantiles over the right calibration
+        spectra (what puts ANOMALY_SCORE in sigmas); empty in files from before them.
+    n_good
+        How many right calibration spectra the quantiles come from.
     rate
         The fraction of good calibration spectra each threshold lets through.
     provenance
@@ -96,6 +105,8 @@ class FlagThresholds:
     class_doubt: float
     chi2_median: dict[str, np.ndarray]
     chi2_scatter: dict[str, np.ndarray]
+    score_quantiles: dict[str, np.ndarray] = field(default_factory=dict)
+    n_good: int = 0
     rate: float = 0.015
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -107,6 +118,9 @@ class FlagThresholds:
                 "snr_edges": [float(e) for e in SNR_EDGES[1:-1]],
                 "chi2_median": {k: np.asarray(v, float) for k, v in self.chi2_median.items()},
                 "chi2_scatter": {k: np.asarray(v, float) for k, v in self.chi2_scatter.items()},
+                "score_quantiles": {k: np.asarray(v, float)
+                                    for k, v in self.score_quantiles.items()},
+                "n_good": int(self.n_good),
                 "rate": float(self.rate), "provenance": dict(self.provenance)}
 
 
@@ -211,10 +225,45 @@ def calibrate_thresholds(table: Table, good: np.ndarray, rate: float = 0.015,
         z_disagree=upper(scores["SCORE_ZDIFF"]),
         low_prob=lower(_column(table, "CNN_PROB")),
         class_doubt=upper(scores["SCORE_CLASS"]),
-        chi2_median=medians, chi2_scatter=scatters, rate=rate,
+        chi2_median=medians, chi2_scatter=scatters,
+        score_quantiles={name: np.quantile(values[good & np.isfinite(values)],
+                                           np.linspace(0, 1, 101))
+                         for name, values in scores.items()
+                         if (good & np.isfinite(values)).any()},
+        n_good=int(good.sum()), rate=rate,
         provenance={"created": datetime.datetime.now(datetime.UTC).isoformat(
             timespec="seconds"), "n_calibration": len(table), "n_good": int(good.sum()),
             **(provenance or {})})
+
+
+LOG_SCALED_SCORES = ("SCORE_CLASS",)
+"""Scores whose excess beyond the calibration range is measured in decades (1 − P spans
+many orders of magnitude: 1e-6 for a sure class, 0.5 for a coin toss)."""
+
+
+def rarity_sigma(values: np.ndarray, quantiles: np.ndarray, n_good: int,
+                 log: bool = False) -> np.ndarray:
+    """How rare ``values`` ``(N,)`` of a score are among the right calibration spectra,
+    as Gaussian-equivalent sigmas: a value exceeded by a fraction ``p`` of them (from the
+    ``(101,)`` ``quantiles``) is ``Φ⁻¹(1 − p)``; ``p`` is kept above ``0.5 / (n_good + 1)``,
+    and beyond the largest quantile the sigmas grow by one per (largest − median) of
+    excess, measured in decades with ``log``. NaN stays NaN."""
+    from scipy.special import ndtri
+
+    if log:
+        values = np.log10(np.maximum(values, 1e-12))
+        quantiles = np.log10(np.maximum(quantiles, 1e-12))
+    levels = np.linspace(0, 1, quantiles.size)
+    top, median = float(quantiles[-1]), float(quantiles[quantiles.size // 2])
+    floor = 0.5 / (max(n_good, 1) + 1)
+    with np.errstate(invalid="ignore"):
+        inside = np.interp(values, quantiles, levels, left=0.0, right=1.0)
+        tail = np.clip(1.0 - inside, floor, 1.0)
+        sigma = ndtri(1.0 - tail)
+        spread = max(top - median, 1e-12)
+        beyond = ndtri(1.0 - floor) + (values - top) / spread
+        sigma = np.where(values > top, np.maximum(beyond, sigma), sigma)
+    return np.where(np.isfinite(values), sigma, np.nan)
 
 
 @dataclass
@@ -272,8 +321,12 @@ def apply_flags(table: Table, thresholds: FlagThresholds) -> Flags:
                       for c, p, s in zip(cnn_class[rows], prob[rows], spectype[rows],
                                          strict=True)]
     reasons[ZWarn.CLASS_DISAGREE] = disagree
-    limits = np.array([[getattr(t, THRESHOLD_OF_SCORE[name])] for name in SCORES])
-    ratios = np.stack([scores[name] for name in SCORES]) / np.maximum(limits, 1e-12)
+    if t.score_quantiles and all(name in t.score_quantiles for name in SCORES):
+        ratios = np.stack([rarity_sigma(scores[name], t.score_quantiles[name], t.n_good,
+                                        log=name in LOG_SCALED_SCORES) for name in SCORES])
+    else:   # a thresholds file from before the quantiles: threshold units
+        limits = np.array([[getattr(t, THRESHOLD_OF_SCORE[name])] for name in SCORES])
+        ratios = np.stack([scores[name] for name in SCORES]) / np.maximum(limits, 1e-12)
     ratios = np.where(np.isfinite(ratios), ratios, -np.inf)
     best = np.argmax(ratios, axis=0)
     anomaly = ratios[best, np.arange(len(table))]
@@ -321,6 +374,9 @@ def read_thresholds(path: str | os.PathLike[str] = "default") -> FlagThresholds:
                                             "z_disagree", "low_prob", "class_doubt", "rate")},
             chi2_median={k: np.array(v) for k, v in tree["chi2_median"].items()},
             chi2_scatter={k: np.array(v) for k, v in tree["chi2_scatter"].items()},
+            score_quantiles={k: np.array(v, float)
+                             for k, v in tree.get("score_quantiles", {}).items()},
+            n_good=int(tree.get("n_good", 0)),
             provenance=dict(tree["provenance"]))
 
     return read_validated(path, THRESHOLDS_SCHEMA_URI, extract, ThresholdsError,
@@ -376,7 +432,8 @@ class FlagAnomalyStage(Stage):
         batch.rows["SCORE_ZDIFF"].description = "|Z - CNN_Z| / sqrt(ZERR^2 + CNN_ZERR^2)"
         batch.rows["SCORE_CLASS"].description = "1 - classifier probability of SPECTYPE"
         batch.rows["ANOMALY_SCORE"] = flags.anomaly_score.astype(np.float32)
-        batch.rows["ANOMALY_SCORE"].description = "largest score / its threshold (rank by it)"
+        batch.rows["ANOMALY_SCORE"].description = ("sigmas: how rare the rarest score is among "
+                                                   "right calibration spectra (rank by it)")
         batch.rows["ANOMALY_REASON"] = flags.anomaly_reason.astype(str)
         batch.rows["ANOMALY_REASON"].description = "the score that gives ANOMALY_SCORE"
         for bit, rows in flags.bits.items():
