@@ -104,6 +104,9 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
     source = str(path)
     if not Path(source).is_file():
         raise UnreadableFileError(f"{source}: no such file")
+    fast = _read_raw(source, reader, readers)
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -126,6 +129,35 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
     except Exception as exc:
         _refuse_truncated(source, caught)
         raise UnreadableFileError(f"{source}: {type(exc).__name__}: {exc}") from exc
+
+
+def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
+              ) -> list[Spectrum] | None:
+    """The spectra from the file's bytes by the first reader with a fast path
+    (``identify_raw``/``read_raw``, :mod:`gasnet_plugin.io.fits_raw`) that identifies it
+    (and is the one asked for), or ``None``: then astropy reads the file as always. Any
+    failure here falls back too, so errors are reported by the usual path."""
+    from gasnet_plugin.io.fits_raw import read_hdus
+
+    candidates = [r for r in readers if hasattr(r, "read_raw")
+                  and (reader == "auto" or r.name == reader)]
+    if not candidates or source.endswith((".gz", ".fz", ".bz2")):
+        return None
+    try:
+        raw = Path(source).read_bytes()
+        hdus = read_hdus(raw)
+        for candidate in readers:
+            if reader != "auto" and candidate.name != reader:
+                continue
+            if not hasattr(candidate, "read_raw"):
+                return None          # an earlier reader without a fast path decides
+            if candidate.identify_raw(hdus):
+                return candidate.read_raw(raw, hdus, source)
+            if reader == "auto":
+                continue
+        return None
+    except Exception:  # anything odd (RawFitsError, ...): astropy's path decides and reports
+        return None
 
 
 def _refuse_truncated(source: str, caught: list[warnings.WarningMessage]) -> None:

@@ -1,0 +1,183 @@
+"""A minimal FITS reader for the few binary-table columns a spectrum reader needs.
+
+astropy builds a ``Column`` object for every column of a table HDU it opens; a BOSS
+``spec`` file's HDU2 has about 240, and that costs two thirds of reading the file
+(docs/readers.rst measures it). This walks the file's headers itself (80-character cards
+in 2880-byte blocks), reads the structural keywords it needs from the cards' text, builds
+an ``astropy.io.fits.Header`` only when asked (:attr:`RawHDU.header`), and reads only the
+requested columns of a binary table as one numpy view of the table's bytes (a structured
+dtype with the columns' offsets), applying ``TSCALn``/``TZEROn``.
+
+It handles plain, uncompressed files with fixed-width numeric and string columns, and
+refuses (``RawFitsError``) anything else (compressed or gzipped files, variable-length
+arrays, bit columns, a truncated file): the readers then fall back to astropy, so
+behaviour never differs, only speed.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+from astropy.io import fits
+
+BLOCK = 2880
+"""Bytes of a FITS block."""
+CARD = 80
+"""Bytes of a header card."""
+_END = b"END" + b" " * 77
+_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])")
+_CODES = {"L": "S1", "B": "u1", "I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8"}
+
+
+class RawFitsError(ValueError):
+    """The file is not something this minimal reader handles (use astropy instead)."""
+
+
+_VALUE = re.compile(r"^\s*(?:'((?:[^']|'')*)'|([^/]*))")
+
+
+def parse_cards(text: str) -> dict[str, str | int | float | bool]:
+    """Keyword → value of the value cards of a header's text (strings without their
+    quotes and trailing blanks, numbers as int or float, T/F as bool)."""
+    cards: dict[str, str | int | float | bool] = {}
+    for start in range(0, len(text), CARD):
+        card = text[start:start + CARD]
+        if card[8:10] != "= ":
+            continue
+        match = _VALUE.match(card[10:])
+        if match.group(1) is not None:
+            cards[card[:8].rstrip()] = match.group(1).replace("''", "'").rstrip()
+            continue
+        word = (match.group(2) or "").strip()
+        if word in ("T", "F"):
+            cards[card[:8].rstrip()] = word == "T"
+            continue
+        try:
+            cards[card[:8].rstrip()] = int(word)
+        except ValueError:
+            try:
+                cards[card[:8].rstrip()] = float(word.replace("D", "E"))
+            except ValueError:
+                cards[card[:8].rstrip()] = word
+    return cards
+
+
+@dataclass
+class RawHDU:
+    """One HDU: its header's text and cards, and where its data lie in the file's bytes."""
+
+    text: str
+    cards: dict[str, str | int | float | bool]
+    data_start: int
+    data_size: int
+
+    @property
+    def header(self) -> fits.Header:
+        """The header as astropy parses it (built on first use)."""
+        if not hasattr(self, "_header"):
+            self._header = fits.Header.fromstring(self.text)
+        return self._header
+
+
+def read_hdus(raw: bytes) -> list[RawHDU]:
+    """Every HDU of the FITS file ``raw``: headers parsed, data located (not read)."""
+    if not raw.startswith(b"SIMPLE  ="):
+        raise RawFitsError("not a plain FITS file")
+    hdus, position = [], 0
+    while position + BLOCK <= len(raw):
+        end = -1
+        for block in range(position, len(raw) - BLOCK + 1, BLOCK):
+            chunk = raw[block:block + BLOCK]
+            at = next((k for k in range(0, BLOCK, CARD) if chunk[k:k + CARD] == _END), -1)
+            if at >= 0:
+                end = block + at
+                break
+        if end < 0:
+            raise RawFitsError("a header without END")
+        text = raw[position:end + CARD].decode("ascii")
+        header = parse_cards(text)
+        start = position + -(-(end + CARD - position) // BLOCK) * BLOCK
+        naxis = int(header.get("NAXIS", 0))
+        size = 0
+        if naxis:
+            size = abs(int(header["BITPIX"])) // 8 * int(header.get("GCOUNT", 1)) * (
+                int(header.get("PCOUNT", 0))
+                + int(np.prod([int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)])))
+        if start + size > len(raw):
+            raise RawFitsError("file is truncated")
+        hdus.append(RawHDU(text, header, start, size))
+        position = start + -(-size // BLOCK) * BLOCK
+    if not hdus:
+        raise RawFitsError("no HDU")
+    return hdus
+
+
+def column_names(hdu: RawHDU) -> list[str]:
+    """The names of a binary table's columns (``TTYPEn``), in order."""
+    if str(hdu.cards.get("XTENSION", "")).strip() != "BINTABLE":
+        raise RawFitsError("not a binary table")
+    return [str(hdu.cards.get(f"TTYPE{i}", "")).strip()
+            for i in range(1, int(hdu.cards["TFIELDS"]) + 1)]
+
+
+def read_columns(raw: bytes, hdu: RawHDU, names: list[str]) -> dict[str, np.ndarray]:
+    """The columns ``names`` (matched without regard to case) of binary table ``hdu``,
+    as astropy's ``hdu.data[name]`` gives them (scaled, strings without trailing blanks,
+    native byte order)."""
+    header = hdu.cards
+    available = column_names(hdu)
+    lookup = {name.lower(): i for i, name in enumerate(available)}
+    n_rows, width = int(header["NAXIS2"]), int(header["NAXIS1"])
+    offsets, offset = [], 0
+    for i in range(1, len(available) + 1):
+        offsets.append(offset)
+        offset += _field_bytes(str(header[f"TFORM{i}"]))
+    if offset != width:
+        raise RawFitsError("columns do not add up to the row width")
+    out = {}
+    for name in names:
+        if name.lower() not in lookup:
+            raise RawFitsError(f"no column {name}")
+        i = lookup[name.lower()]
+        repeat, code = _parse_tform(str(header[f"TFORM{i + 1}"]))
+        if code not in _CODES and code != "A":
+            raise RawFitsError(f"column {name}: format {code} not handled")
+        fmt = f"S{repeat}" if code == "A" else (
+            _CODES[code] if repeat == 1 else (_CODES[code], (repeat,)))
+        dtype = np.dtype({"names": ["v"], "formats": [fmt], "offsets": [offsets[i]],
+                          "itemsize": width})
+        values = np.frombuffer(raw, dtype=dtype, count=n_rows, offset=hdu.data_start)["v"]
+        if code == "A":
+            out[name] = np.char.rstrip(np.char.decode(values, "ascii"))
+            continue
+        if code == "L":
+            out[name] = values == b"T"
+            continue
+        scale, zero = header.get(f"TSCAL{i + 1}", 1), header.get(f"TZERO{i + 1}", 0)
+        if code in "BIJK" and scale == 1 and zero == 2 ** (8 * values.dtype.itemsize - 1):
+            unsigned = np.dtype(f"u{values.dtype.itemsize}")   # the unsigned-integer idiom
+            out[name] = (values.astype(values.dtype.newbyteorder("=")).view(unsigned)
+                         ^ np.array(zero, dtype=unsigned))
+        elif scale != 1 or zero != 0:
+            out[name] = values.astype(np.float64) * scale + zero
+        else:
+            out[name] = values.astype(values.dtype.newbyteorder("="))
+    return out
+
+
+def _parse_tform(tform: str) -> tuple[int, str]:
+    match = _TFORM.match(tform)
+    if not match:
+        raise RawFitsError(f"TFORM {tform!r} not understood")
+    return int(match.group(1) or 1), match.group(2)
+
+
+def _field_bytes(tform: str) -> int:
+    repeat, code = _parse_tform(tform)
+    sizes = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8,
+             "M": 16, "P": 8, "Q": 16}
+    if code == "X":
+        return -(-repeat // 8)
+    return repeat * sizes[code] if code not in "PQ" else sizes[code]

@@ -1,0 +1,86 @@
+"""The fast SDSS path gives exactly what astropy's path gives, and falls back when it must."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+from conftest import SDSS_FILES
+
+import gasnet_plugin.io.readers as readers_module
+from gasnet_plugin.host.plugins import PluginHost
+from gasnet_plugin.io.fits_raw import RawFitsError, read_columns, read_hdus
+from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
+
+READERS = PluginHost().readers
+
+
+def both_paths(path):
+    fast = read_spectra(path, readers=READERS)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(readers_module, "_read_raw", lambda *args: None)
+        slow = read_spectra(path, readers=READERS)
+    return fast, slow
+
+
+@pytest.mark.parametrize("path", SDSS_FILES, ids=lambda p: p.name)
+def test_fast_sdss_path_equals_astropy_path(path):
+    assert READERS.get("sdss-spec").identify_raw(read_hdus(path.read_bytes()))
+    fast, slow = both_paths(path)
+    assert len(fast) == len(slow) == 1
+    a, b = fast[0], slow[0]
+    np.testing.assert_array_equal(a.spectral_axis.value, b.spectral_axis.value)
+    assert a.spectral_axis.unit == b.spectral_axis.unit and a.flux.unit == b.flux.unit
+    np.testing.assert_array_equal(a.flux.value, b.flux.value)
+    np.testing.assert_array_equal(a.uncertainty.array, b.uncertainty.array)
+    np.testing.assert_array_equal(a.mask, b.mask)
+    rows_a, rows_b = a.meta["rows"], b.meta["rows"]
+    assert rows_a.colnames == rows_b.colnames
+    for name in rows_a.colnames:
+        assert list(rows_a[name]) == list(rows_b[name]), name
+        assert rows_a[name].dtype.kind == rows_b[name].dtype.kind, name
+    assert dict(a.meta["header"]) == dict(b.meta["header"])
+
+
+def test_columns_match_astropy_including_scaled_and_string_columns():
+    from astropy.io import fits
+
+    path = SDSS_FILES[0]
+    raw = path.read_bytes()
+    hdus = read_hdus(raw)
+    with fits.open(path) as hdul:
+        for index in (1, 2):
+            names = list(hdul[index].columns.names)
+            ours = read_columns(raw, hdus[index], names[:60])
+            for name in names[:60]:
+                expected = hdul[index].data[name]
+                if expected.dtype.kind in "SU":
+                    assert list(ours[name]) == [str(v) for v in expected], name
+                else:
+                    np.testing.assert_array_equal(ours[name], expected, err_msg=name)
+
+
+def test_what_it_cannot_read_goes_the_usual_way(tmp_path):
+    gz = tmp_path / (SDSS_FILES[0].name + ".gz")
+    with open(SDSS_FILES[0], "rb") as source, gzip.open(gz, "wb") as target:
+        shutil.copyfileobj(source, target)
+    fast, _ = both_paths(SDSS_FILES[0])
+    np.testing.assert_array_equal(read_spectra(gz, readers=READERS)[0].flux.value,
+                                  fast[0].flux.value)
+    truncated = tmp_path / "truncated.fits"
+    truncated.write_bytes(SDSS_FILES[0].read_bytes()[:-5000])
+    with pytest.raises(RawFitsError):
+        read_hdus(truncated.read_bytes())
+
+    def outcome(read):
+        try:
+            return read()[0].flux.value.tolist()
+        except UnreadableFileError as exc:
+            return str(exc)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(readers_module, "_read_raw", lambda *args: None)
+        usual = outcome(lambda: read_spectra(truncated, readers=READERS))
+    assert outcome(lambda: read_spectra(truncated, readers=READERS)) == usual
