@@ -344,3 +344,33 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_model(load_model(), tmp_path / "model.asdf")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("bunit", ["W/(m2 nm)", "1E-40 erg/cm^2/s/Ang", "erg/(s cm2 Angstrom)"])
+def test_a_neighbours_flux_unit_changes_no_other_result(tmp_path, bunit):
+    """A file with another (or absurd) flux unit first in the batch: every other
+    spectrum's result is bit for bit what it is beside a neighbour with the usual unit,
+    and what it is alone to float32 rounding (units are never rescaled into a
+    neighbour's, so no float32 overflow or underflow)."""
+    from astropy.io import fits
+
+    from gasnet_plugin.api import run_pipeline
+
+    hostile, benign = tmp_path / "a-hostile.fits", tmp_path / "a-benign.fits"
+    with fits.open(DATA / "spec-0266-51602-0013.fits") as hdul:
+        hdul.writeto(benign)
+        hdul[0].header["BUNIT"] = bunit
+        hdul.writeto(hostile)
+    others = [str(DATA / "spec-3655-55240-0660.fits"), str(DATA / "spec-9367-57758-0500.fits")]
+    config = {"stages": ["resample", "classify", "redshift-scan", "reconstruct"]}
+    beside_hostile = run_pipeline(config, [str(hostile), *others]).results
+    beside_benign = run_pipeline(config, [str(benign), *others]).results
+    assert beside_hostile["FLUX_UNIT"][0] != beside_benign["FLUX_UNIT"][0]
+    for name in ("Z", "ZERR", "SPECTYPE", "CHI2", "NPIX_VALID", "ZWARN", "P_QSO", "PROB_QSO"):
+        np.testing.assert_array_equal(np.asarray(beside_hostile[name])[1:],
+                                      np.asarray(beside_benign[name])[1:], err_msg=name)
+    for k, path in enumerate(others, start=1):
+        alone = run_pipeline(config, [path]).results
+        assert alone["SPECTYPE"][0] == beside_hostile["SPECTYPE"][k]
+        assert alone["NPIX_VALID"][0] == beside_hostile["NPIX_VALID"][k]
+        np.testing.assert_allclose(alone["Z"][0], beside_hostile["Z"][k], rtol=1e-7)

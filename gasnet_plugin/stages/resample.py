@@ -248,7 +248,7 @@ class ResampleStage(Stage):
                                     "(SDSS: and_mask != 0)"},
     }
     arrays: ClassVar[dict[str, str]] = {
-        "flux": "flux on the common grid, (N, P), the batch's flux unit",
+        "flux": "flux on the common grid, (N, P), each row in its own FLUX_UNIT",
         "ivar": "inverse variance on the common grid, (N, P); 0 = no data",
     }
 
@@ -288,21 +288,17 @@ class ResampleStage(Stage):
         n_pixels = np.zeros(n_rows, dtype=np.int64)
         units = np.full(n_rows, "", dtype=object)
         unit_names: dict[u.UnitBase, str] = {}
-        unit_scales: dict[u.UnitBase, float] = {}
         for block, start, wave, block_ivar in accepted:
             n, m = len(block), wave.size
             rows = slice(start, start + n)
             spectrum = block.spectrum
             if spectrum.unit not in unit_names:      # dict lookup: units hash quickly
                 unit_names[spectrum.unit] = spectrum.unit.to_string()
-                unit_scales[spectrum.unit] = _unit_scale(spectrum.unit, flux_unit)
-            scale = unit_scales[spectrum.unit]
+            # each row keeps its own unit (FLUX_UNIT): never rescaled into a neighbour's,
+            # so a spectrum's result does not depend on the batch it is in
             centers[rows, :m] = wave
             flux[rows, :m] = np.reshape(spectrum.data, (n, m))
             ivar[rows, :m] = block_ivar.reshape(n, m)
-            if scale != 1.0:
-                flux[rows, :m] *= scale
-                ivar[rows, :m] /= scale**2
             if self.params["use_mask"] and spectrum.mask is not None:
                 dropped[rows, :m] = np.reshape(spectrum.mask, (n, m))
             else:
@@ -379,22 +375,14 @@ class ResampleStage(Stage):
 
     @staticmethod
     def _common_unit(blocks: list[Any]) -> u.UnitBase:
-        """The first block's flux unit if every block's converts to it, else dimensionless."""
+        """The flux unit every block has, or dimensionless when they differ (then each row's
+        unit is only in ``FLUX_UNIT``; nothing is converted)."""
         if not blocks:
             return u.dimensionless_unscaled
         first = blocks[0].spectrum.unit
-        if all(block.spectrum.unit == first or block.spectrum.unit.is_equivalent(first)
-               for block in blocks):
+        if all(block.spectrum.unit == first for block in blocks):
             return first
         return u.dimensionless_unscaled
-
-
-def _unit_scale(unit: u.UnitBase, target: u.UnitBase) -> float:
-    """Factor taking values in ``unit`` to ``target``; 1 when they are not equivalent (the
-    batch is then dimensionless and ``FLUX_UNIT`` says what each row's numbers are)."""
-    if unit == target:
-        return 1.0
-    return unit.to(target) if unit.is_equivalent(target) else 1.0
 
 
 FLUX_DENSITY_UNITS = (u.erg / u.s / u.cm**2 / u.AA, u.Jy, u.dimensionless_unscaled,
