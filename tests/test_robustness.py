@@ -374,3 +374,18 @@ def test_a_neighbours_flux_unit_changes_no_other_result(tmp_path, bunit):
         assert alone["SPECTYPE"][0] == beside_hostile["SPECTYPE"][k]
         assert alone["NPIX_VALID"][0] == beside_hostile["NPIX_VALID"][k]
         np.testing.assert_allclose(alone["Z"][0], beside_hostile["Z"][k], rtol=1e-7)
+
+
+@pytest.mark.parametrize("config", [
+    {"stages": ["resample"], "batch_size": 1.0},
+    {"stages": ["resample", {"classify": {"chunk": 2.0}}]},
+    {"stages": ["resample", {"redshift-scan": {"engine_params": {"n_candidates": 5.0}}}]},
+], ids=["batch_size", "chunk", "n_candidates"])
+def test_integers_in_a_config_must_be_integers(config):
+    """1.0 is a float here: a ConfigError naming the key, before anything runs."""
+    from gasnet_plugin.api import as_config
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.host.runner import Pipeline
+
+    with pytest.raises(ConfigError, match="is not of type 'integer'"):
+        Pipeline(as_config(config))

@@ -38,8 +38,21 @@ def _format_path(path: Any) -> str:
     return out or "(top level)"
 
 
+def _is_strict_integer(checker: Any, instance: Any) -> bool:
+    """JSON Schema counts 1.0 as an integer; a config may not: ``batch_size: 1.0`` is an
+    error, not a float that breaks a run later."""
+    return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+StrictValidator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", _is_strict_integer))
+"""Draft 2020-12 with integers that are integers (no 1.0)."""
+
+
 def _schema_errors(schema: dict[str, Any], instance: Any) -> list[str]:
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = StrictValidator(schema)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path)))
     return [f"{_format_path(error.absolute_path)}: {error.message}" for error in errors]
 
