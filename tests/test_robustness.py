@@ -389,3 +389,30 @@ def test_integers_in_a_config_must_be_integers(config):
 
     with pytest.raises(ConfigError, match="is not of type 'integer'"):
         Pipeline(as_config(config))
+
+
+@pytest.mark.parametrize("config", [
+    "stages: [reconstruct]",
+    "stages: [redshift-scan, resample]",
+    "stages: [{resample: {wavelength_min: 3601}}, redshift-scan]",
+    "stages: [{resample: {wavelength_max: .inf}}]",
+    "stages: [{resample: {dloglam: .nan}}]",
+    "stages: [{resample: {dloglam: 1.0e-10}}]",
+    "stages: [resample, {redshift-scan: {engine_params: {model: /nonexistent.asdf}}}]",
+], ids=["reconstruct-alone", "scan-before-resample", "grid-off-model", "inf-grid", "nan-step",
+        "huge-grid", "missing-model"])
+def test_setup_errors_exit_2_before_any_work(tmp_path, config):
+    """A config that cannot work: exit 2 with the reason, nothing read, no shard folder
+    left to block the next plain run."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.yaml"
+    path.write_text(config + "\n")
+    out = tmp_path / "out.asdf"
+    done = subprocess.run([sys.executable, "-m", "gasnet_plugin.cli", "run", str(path),
+                           str(DATA / "spec-0266-51602-0013.fits"), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("gasnet: error:") and "Traceback" not in done.stderr
+    assert not out.exists() and not (tmp_path / "out.asdf.parts").exists()

@@ -198,6 +198,7 @@ class Pipeline:
                        for index, spec in enumerate(config.stages)]
         if config.reader != "auto":
             self._resolve(lambda: self.plugins.readers.get(config.reader), "reader")
+        self._check_order()
         offered = {name for stage in self.stages for name in getattr(stage, "arrays", {})}
         unknown = [name for name in config.output.get("arrays", []) if name not in offered]
         if unknown:
@@ -218,6 +219,18 @@ class Pipeline:
         except LookupError as exc:
             raise ConfigError(f"{self.config.source}: {where}: {exc.args[0]}") from None
 
+    def _check_order(self) -> None:
+        """Refuse stages that need another stage before them (``Stage.requires``)."""
+        seen: list[str] = []
+        for index, stage in enumerate(self.stages):
+            missing = [name for name in getattr(stage, "requires", ()) if name not in seen]
+            if missing:
+                raise ConfigError(f"{self.config.source}: stages[{index}] ({stage.name}) needs "
+                                  f"{' and '.join(repr(m) for m in missing)} before it "
+                                  f"(the stages run in the order listed: "
+                                  f"{', '.join(s.name for s in self.stages)})")
+            seen.append(stage.name)
+
     def _build_stage(self, index: int, name: str, params: dict[str, Any]) -> Stage:
         stage_class = self._resolve(lambda: self.plugins.stages.get(name), f"stages[{index}]")
         try:
@@ -231,13 +244,41 @@ class Pipeline:
         return stage
 
     def setup(self) -> None:
-        """Let every stage prepare (load models) once; called by the first run."""
+        """Let every stage prepare (load models) once, then check that the models fit the
+        common grid; called by the first run, before any input is read.
+
+        Raises
+        ------
+        ConfigError
+            For any setup failure (a missing or broken model file, a device that is not
+            there, a grid the models were not made for), naming the stage.
+        """
         if self._ready:
             return
+        from gasnet_plugin.models.eigen_model import ModelError
+
+        device = str(self.config.device)
+        if device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ConfigError(f"{self.config.source}: device {device!r}: no CUDA device "
+                                  "on this machine (use device: cpu)")
         context = RunContext(plugins=self.plugins, device=self.config.device,
                              options=self.config.as_dict())
+        grid = None
         for stage in self.stages:
-            stage.setup(context)
+            try:
+                stage.setup(context)
+                if grid is not None:
+                    stage.check_grid(grid)
+            except ConfigError as exc:
+                raise ConfigError(f"{self.config.source}: stage {stage.name!r}: {exc}") \
+                    from None
+            except (ModelError, OSError, ValueError) as exc:
+                raise ConfigError(f"{self.config.source}: stage {stage.name!r} could not be "
+                                  f"set up: {type(exc).__name__}: {exc}") from None
+            grid = getattr(stage, "loglam", grid)
         self._ready = True
 
     # -- reading ---------------------------------------------------------------------------
@@ -476,6 +517,7 @@ class Pipeline:
             raise ArchiveError(f"{store.folder}: shards of a stopped run are there: use "
                                f"--resume to finish it or --overwrite to start again")
         executor = get_executor(self.config.executor["name"])(self.config.executor)
+        self.setup()           # setup errors before any shard folder exists
         store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
         total = executor.run(self, files, store, progress, notify or (lambda message: None))
         results, arrays = store.merge(self.archived_arrays, expected_rows=total)

@@ -62,6 +62,8 @@ class Stage:
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     parameters: ClassVar[dict[str, dict[str, Any]]] = {}
+    requires: ClassVar[tuple[str, ...]] = ()
+    """Stages that must come earlier in the pipeline (checked before anything runs)."""
 
     def __init__(self, **params: Any) -> None:
         self.params = validate_parameters(self.parameters, params, where=f"stage {self.name!r}")
@@ -72,6 +74,10 @@ class Stage:
 
     def setup(self, context: RunContext) -> None:
         """Prepare for a run (load models, pick the device). Called once, before any batch."""
+
+    def check_grid(self, loglam: Any) -> None:
+        """Refuse (``ConfigError``) a common grid ``(P,)`` log10 Å the stage's models were not
+        made for; called after :meth:`setup`, before anything is read."""
 
     def process(self, batch: SpectrumBatch) -> None:
         """Annotate ``batch`` in place: add columns to ``batch.rows`` and arrays as needed."""

@@ -55,6 +55,7 @@ class ClassifyStage(Stage):
     name = "classify"
     summary = "GaSNet-II CNN class probabilities (P_<LABEL>, CNN_CLASS, CNN_PROB) and " \
               "redshift (CNN_Z, CNN_ZERR)"
+    requires: ClassVar[tuple[str, ...]] = ("resample",)
     parameters: ClassVar[dict[str, dict[str, Any]]] = {
         "model": {"type": "string", "default": "default",
                   "description": "classifier model file, or 'default' (the shipped 3-class "
@@ -86,6 +87,11 @@ class ClassifyStage(Stage):
         if regressor is not None:
             self.regressor = CNNPredictor(regressor, device=context.device,
                                           chunk=self.params["chunk"])
+
+    def check_grid(self, loglam: np.ndarray) -> None:
+        for predictor in (self.predictor, self.regressor):
+            if predictor is not None:
+                check_grid(predictor.model, loglam)
 
     def process(self, batch: SpectrumBatch) -> None:
         if batch.spectrum is None:

@@ -26,6 +26,7 @@ class ReconstructStage(Stage):
 
     name = "reconstruct"
     summary = "best-fit model spectrum and residual on the common grid (from redshift-scan)"
+    requires: ClassVar[tuple[str, ...]] = ("resample", "redshift-scan")
     parameters: ClassVar[dict[str, dict[str, Any]]] = {}
     arrays: ClassVar[dict[str, str]] = {
         "model": "best-fit model spectrum, (N, P), the batch's flux unit; NaN if unmeasured",

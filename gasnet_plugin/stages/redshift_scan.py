@@ -100,6 +100,7 @@ class RedshiftScanStage(Stage):
 
     name = "redshift-scan"
     summary = "class, redshift, error, chi2, delta-chi2 and candidates from a redshift engine"
+    requires: ClassVar[tuple[str, ...]] = ("resample",)
     parameters: ClassVar[dict[str, dict[str, Any]]] = {
         "engine": {"type": "string", "default": "gasnet3",
                    "description": "registered redshift engine (gasnet stages lists them)"},
@@ -143,6 +144,11 @@ class RedshiftScanStage(Stage):
             except DecisionError as exc:
                 raise ConfigError(f"stage 'redshift-scan': {exc}") from None
         self._want_curves = "chi2_curves" in context.options.get("output", {}).get("arrays", [])
+
+    def check_grid(self, loglam: np.ndarray) -> None:
+        check = getattr(self.engine, "check_grid", None)
+        if check is not None and getattr(self.engine, "model", None) is not None:
+            check(np.asarray(loglam))
 
     def process(self, batch: SpectrumBatch) -> None:
         if batch.spectrum is None:

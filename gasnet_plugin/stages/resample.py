@@ -254,6 +254,19 @@ class ResampleStage(Stage):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
+        low, high, step = (self.params[k] for k in ("wavelength_min", "wavelength_max",
+                                                     "dloglam"))
+        if not all(np.isfinite(v) for v in (low, high, step)):
+            from gasnet_plugin.host.config import ConfigError
+
+            raise ConfigError(f"stage 'resample': wavelength_min, wavelength_max and dloglam "
+                              f"must be finite (got {low}, {high}, {step})")
+        if np.log10(high / low) / step > MAX_GRID_PIXELS:
+            from gasnet_plugin.host.config import ConfigError
+
+            raise ConfigError(f"stage 'resample': {low}-{high} Å at {step:g} dex is "
+                              f"{np.log10(high / low) / step:.3g} pixels, more than "
+                              f"{MAX_GRID_PIXELS:,}")
         if self.params["wavelength_max"] <= self.params["wavelength_min"]:
             from gasnet_plugin.host.config import ConfigError
 
@@ -389,6 +402,10 @@ FLUX_DENSITY_UNITS = (u.erg / u.s / u.cm**2 / u.AA, u.Jy, u.dimensionless_unscal
                       u.photon / u.s / u.cm**2 / u.AA, u.photon / u.s / u.cm**2 / u.Hz)
 """Units a flux may be equivalent to: f_λ, f_ν, dimensionless, photon flux densities."""
 COUNT_UNITS = (u.ct, u.adu, u.electron, u.photon)
+
+
+MAX_GRID_PIXELS = 1_000_000
+"""A common grid may have at most this many pixels (10⁻⁶ dex over the optical)."""
 
 
 def _is_flux_density(unit: u.UnitBase | None) -> bool:

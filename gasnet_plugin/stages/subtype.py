@@ -51,6 +51,7 @@ class SubtypeStage(Stage):
     name = "subtype"
     summary = ("emission-line fluxes, EWs and widths; SUBTYPE from the BPT diagram, broad "
                "lines and named stellar templates")
+    requires: ClassVar[tuple[str, ...]] = ("resample", "redshift-scan")
     parameters: ClassVar[dict[str, dict[str, Any]]] = {
         "star_templates": {"type": "string", "default": "default",
                            "description": "named stellar templates (ASDF) or 'default' "
