@@ -230,7 +230,13 @@ class GasnetStageStep(QuietStep, NoCrdsParameters, Step):
         stage = {self.stage_name: self.stage_params()}
         config = parse_config({**products.settings, "device": device, "stages": [stage]},
                               source=f"stpipe step {self.name}")
-        host = Pipeline(config, plugins=PluginHost())
+        done_before = [next(iter(s)) for s in products.settings["stages"]]
+        needed = [n for n in _BUILTIN_STAGES.get(self.stage_name).requires
+                  if n not in done_before]
+        if needed:
+            raise ConfigError(f"stpipe step {self.name}: needs {', '.join(needed)} run "
+                              f"before it (done so far: {', '.join(done_before) or 'none'})")
+        host = Pipeline(config, plugins=PluginHost(), check_order=False)
         host.setup()
         done: list[SpectrumBatch] = []
         for batch in products.batches:

@@ -416,3 +416,35 @@ def test_setup_errors_exit_2_before_any_work(tmp_path, config):
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("gasnet: error:") and "Traceback" not in done.stderr
     assert not out.exists() and not (tmp_path / "out.asdf.parts").exists()
+
+
+def test_output_paths_that_cannot_work_are_clear_errors(tmp_path):
+    """Exit 2 with a reason, no traceback, no temporary file left, nothing deleted that the
+    run did not create, and never an input overwritten."""
+    import subprocess
+    import sys
+
+    config = tmp_path / "config.yaml"
+    config.write_text("stages: [resample]\n")
+    spectrum = tmp_path / "in.fits"
+    spectrum.write_bytes((DATA / "spec-0266-51602-0013.fits").read_bytes())
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    (tmp_path / "blocked.asdf.parts").write_text("a file in the way")
+    foreign = tmp_path / "foreign.asdf.parts"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    cases = {"/proc/x.asdf": "cannot write", str(a_file / "x.asdf"): "not a folder",
+             "": "output path is empty",
+             str(tmp_path / "blocked.asdf"): "not a shard folder",
+             str(tmp_path / "foreign.asdf"): "no gasnet run made",
+             str(spectrum): "one of the inputs"}
+    for output, reason in cases.items():
+        done = subprocess.run([sys.executable, "-m", "gasnet_plugin.cli", "run", str(config),
+                               str(spectrum), "-o", output, "--overwrite"],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 2, (output, done.stderr)
+        assert reason in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert (foreign / "mine.txt").read_text() == "keep me"
+    assert spectrum.read_bytes() == (DATA / "spec-0266-51602-0013.fits").read_bytes()
+    assert not list(tmp_path.glob("**/.*tmp*"))

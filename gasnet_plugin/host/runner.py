@@ -156,6 +156,35 @@ class BatchOutput:
         return len(self.results)
 
 
+def check_output_path(output: Path) -> None:
+    """Refuse an output path that cannot be written, before anything runs: an empty name,
+    a parent that is missing or not a folder or not writable, or an ``OUTPUT.parts`` that
+    is not a folder.
+
+    Raises
+    ------
+    ArchiveError
+        Naming the path and what is wrong.
+    """
+    import os
+
+    if not output.name or str(output) in ("", "."):
+        raise ArchiveError("the output path is empty: give -o OUT.asdf")
+    parent = output.parent if str(output.parent) else Path(".")
+    if not parent.is_dir():
+        raise ArchiveError(f"{output}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK):
+        raise ArchiveError(f"{output}: cannot write in {parent}")
+    if output.is_dir():
+        raise ArchiveError(f"{output}: is a folder")
+    parts = output.with_name(output.name + ".parts")
+    if parts.exists() and not parts.is_dir():
+        raise ArchiveError(f"{parts}: exists and is not a shard folder; move it away")
+    if parts.is_dir() and not (parts / "manifest.json").is_file() and any(parts.iterdir()):
+        raise ArchiveError(f"{parts}: a folder that no gasnet run made (no manifest.json) "
+                           "is in the way; nothing in it is deleted: move it away")
+
+
 def assemble_outputs(outputs: Sequence[BatchOutput], names: Sequence[str]
                      ) -> tuple[Table, SpectrumArrays | None]:
     """The results table and (if ``names``) the archived arrays of consecutive outputs."""
@@ -183,22 +212,28 @@ class Pipeline:
         A validated configuration (:func:`~gasnet_plugin.host.config.load_config`).
     plugins
         The plugin host; by default one built with the config's blocked plugins.
+    check_order
+        Refuse stages whose required stages do not come before them (``Stage.requires``);
+        off only for a caller that ran those stages itself (the stpipe steps).
 
     Raises
     ------
     ConfigError
-        If a stage or reader is not registered, a stage's parameters are invalid, or an
-        output array is offered by no enabled stage. Nothing has been read at that point.
+        If a stage or reader is not registered, a stage's parameters are invalid, a stage
+        lacks the stages it needs before it, or an output array is offered by no enabled
+        stage. Nothing has been read at that point.
     """
 
-    def __init__(self, config: PipelineConfig, plugins: PluginHost | None = None) -> None:
+    def __init__(self, config: PipelineConfig, plugins: PluginHost | None = None,
+                 check_order: bool = True) -> None:
         self.config = config
         self.plugins = plugins or PluginHost(block=config.plugins.get("block", []))
         self.stages = [self._build_stage(index, spec.name, spec.params)
                        for index, spec in enumerate(config.stages)]
         if config.reader != "auto":
             self._resolve(lambda: self.plugins.readers.get(config.reader), "reader")
-        self._check_order()
+        if check_order:
+            self._check_order()
         offered = {name for stage in self.stages for name in getattr(stage, "arrays", {})}
         unknown = [name for name in config.output.get("arrays", []) if name not in offered]
         if unknown:
@@ -502,7 +537,11 @@ class Pipeline:
         from gasnet_plugin.host.shards import ShardStore, parts_folder, same_run
 
         output = Path(output)
+        check_output_path(output)
         files = expand_inputs(inputs)
+        resolved = {f.resolve() for f in files}
+        if output.resolve() in resolved:
+            raise ArchiveError(f"{output}: is one of the inputs; refusing to overwrite it")
         store = ShardStore(parts_folder(output))
         if resume and output.exists() and not store.exists():
             finished = read_archive(output)
@@ -518,10 +557,17 @@ class Pipeline:
                                f"--resume to finish it or --overwrite to start again")
         executor = get_executor(self.config.executor["name"])(self.config.executor)
         self.setup()           # setup errors before any shard folder exists
-        store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
-        total = executor.run(self, files, store, progress, notify or (lambda message: None))
-        results, arrays = store.merge(self.archived_arrays, expected_rows=total)
-        archive = RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
-        archive.write(output, overwrite=True)
+        try:
+            store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
+            total = executor.run(self, files, store, progress,
+                                 notify or (lambda message: None))
+            results, arrays = store.merge(self.archived_arrays, expected_rows=total)
+            archive = RunArchive(results=results, run=self.run_info(files, results),
+                                 arrays=arrays)
+            archive.write(output, overwrite=True)
+        except OSError as exc:
+            raise ArchiveError(f"{output}: cannot write the results: "
+                               f"{exc.strerror or type(exc).__name__}"
+                               f"{f' ({exc.filename})' if exc.filename else ''}") from exc
         store.remove()
         return archive
