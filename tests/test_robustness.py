@@ -448,3 +448,27 @@ def test_output_paths_that_cannot_work_are_clear_errors(tmp_path):
     assert (foreign / "mine.txt").read_text() == "keep me"
     assert spectrum.read_bytes() == (DATA / "spec-0266-51602-0013.fits").read_bytes()
     assert not list(tmp_path.glob("**/.*tmp*"))
+
+
+def test_a_file_name_that_is_not_utf8_is_stored_safely_and_resume_takes_relative_paths(
+        tmp_path, monkeypatch):
+    """A non-UTF-8 name is written escaped (the run and its resume do not crash), and a
+    resume given the inputs relative where the first run had them absolute is the same
+    run."""
+    import os
+
+    from gasnet_plugin.api import run_pipeline
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    odd = os.path.join(os.fsencode(folder), b"spec-\xff.fits")
+    with open(odd, "wb") as handle:
+        handle.write((DATA / "spec-0266-51602-0013.fits").read_bytes())
+    config = {"stages": ["resample"]}
+    out = tmp_path / "out.asdf"
+    archive = run_pipeline(config, [str(folder)], out)
+    assert "spec-\\xff.fits" in str(archive.results["SOURCE"][0])
+    assert np.asarray(archive.results["NPIX_VALID"])[0] > 0
+    monkeypatch.chdir(tmp_path)
+    again = run_pipeline(config, ["in"], "out.asdf", resume=True)
+    assert len(again.results) == 1

@@ -213,10 +213,10 @@ def test_resume_refuses_other_config_or_inputs(tmp_path):
     store = ShardStore(parts_folder(out))
     store.open(config, FIXTURES, config.spectra_per_shard, keep=False)
     changed = as_config(small_config(tmp_path, batch_size=4))
-    with pytest.raises(ArchiveError, match=r"out\.asdf\.parts: the stopped run had a "
-                                           r"different config"):
+    with pytest.raises(ArchiveError, match=r"out\.asdf\.parts: the stopped run used "
+                                           r"another config"):
         Pipeline(changed).run_to_file(FIXTURES, out, resume=True)
-    with pytest.raises(ArchiveError, match="different inputs"):
+    with pytest.raises(ArchiveError, match="used other inputs"):
         Pipeline(config).run_to_file(FIXTURES[:3], out, resume=True)
     with pytest.raises(ArchiveError, match="shards of a stopped run"):
         Pipeline(config).run_to_file(FIXTURES, out)

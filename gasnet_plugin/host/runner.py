@@ -35,7 +35,7 @@ from gasnet_plugin.io.archive import (
     count_failed,
     read_archive,
 )
-from gasnet_plugin.io.labels import label_rows
+from gasnet_plugin.io.labels import label_rows, printable_path
 from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
 from gasnet_plugin.stages.base import RunContext, Stage
 from gasnet_plugin.zwarning import ZWarn
@@ -453,7 +453,7 @@ class Pipeline:
             config=self.config.as_dict(),
             software=software_versions(self.plugins),
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            inputs=[str(f) for f in files],
+            inputs=[printable_path(str(f)) for f in files],
             n_spectra=len(results),
             n_failed=count_failed(results),
         )
@@ -546,7 +546,8 @@ class Pipeline:
         if resume and output.exists() and not store.exists():
             finished = read_archive(output)
             if not same_run(finished.run.config, self.config) \
-                    or finished.run.inputs != [str(f) for f in files]:
+                    or [printable_path(str(Path(p).resolve())) for p in finished.run.inputs] \
+                    != [printable_path(str(f.resolve())) for f in files]:
                 raise ArchiveError(f"{output}: a finished run of another config or other "
                                    "inputs (use --overwrite to replace it)")
             return finished

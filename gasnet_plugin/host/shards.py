@@ -72,9 +72,9 @@ def run_identity(config: PipelineConfig, files: Sequence[Path], spectra_per_shar
     for path in files:
         try:
             stat = path.stat()
-            inputs.append([str(path), stat.st_size, stat.st_mtime_ns])
+            inputs.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
         except OSError:
-            inputs.append([str(path), -1, -1])
+            inputs.append([str(path.absolute()), -1, -1])
     return {"format": "gasnet-shards-1", "config": settings, "inputs": inputs,
             "spectra_per_shard": int(spectra_per_shard)}
 
@@ -119,10 +119,11 @@ class ShardStore:
                                    "start again with --overwrite") from exc
             differs = [key for key in identity if recorded.get(key) != identity[key]]
             if differs:
+                what = " and ".join("another config" if key == "config" else f"other {key}"
+                                    for key in differs)
                 raise ArchiveError(
-                    f"{self.folder}: the stopped run had a different "
-                    f"{' and '.join(differs)}; resume with the same config and inputs, "
-                    "or start again with --overwrite")
+                    f"{self.folder}: the stopped run used {what}; resume with the same "
+                    "config and inputs, or start again with --overwrite")
             return
         if self.folder.exists():
             shutil.rmtree(self.folder)

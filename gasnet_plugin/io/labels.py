@@ -37,6 +37,13 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def printable_path(path: str) -> str:
+    """A path as text that can be stored anywhere (YAML, ASDF, a table): bytes of a file
+    name that are not UTF-8 (kept by ``os.fsdecode`` as surrogates) are written as
+    ``\\xNN`` escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def label_rows(n: int, source: str, **columns: Any) -> Table:
     """A table of ``n`` label rows with every column of :data:`LABEL_COLUMNS`.
 
@@ -60,7 +67,7 @@ def label_rows(n: int, source: str, **columns: Any) -> Table:
         raise KeyError(f"not label columns: {sorted(unknown)}")
     table = Table()
     for name, (dtype, fill, description) in LABEL_COLUMNS.items():
-        value = source if name == "SOURCE" else columns.get(name, fill)
+        value = printable_path(source) if name == "SOURCE" else columns.get(name, fill)
         if np.ndim(value) == 0:
             value = [_clean(value)] * n
         else:
