@@ -64,3 +64,28 @@ def test_info_evaluate_and_anomalies_on_archives(tmp_path):
     assert evaluated.exit_code == 2
     assert "no Z or SPECTYPE column" in evaluated.output
     assert "accuracy" not in evaluated.output
+
+
+def test_other_commands_give_clear_errors_not_tracebacks(tmp_path):
+    full = tmp_path / "full.asdf"
+    run_pipeline({"stages": ["resample", "classify", "redshift-scan"]},
+                 [str(DATA / "spec-0266-51602-0013.fits")], full)
+    resampled = tmp_path / "resampled.asdf"
+    run_pipeline({"stages": ["resample"]}, [str(DATA / "spec-0266-51602-0013.fits")],
+                 resampled)
+    bad_csv = tmp_path / "bad.csv"
+    bad_csv.write_text("a,b\n1,2\n")
+    junk = tmp_path / "junk.fits"
+    junk.write_text("not fits")
+    cases = [
+        (["evaluate", str(full), "--truth", str(bad_csv)], "not a labels CSV"),
+        (["evaluate", str(full), "-o", "/proc/x.json"], "cannot write the scores"),
+        (["report", str(resampled), "-o", str(tmp_path / "r")], "nothing to report"),
+        (["report", str(full), "-o", "/proc/rep"], "cannot write the report"),
+        (["simulate", str(junk), "-n", "3", "-o", str(tmp_path / "sim")], "nothing to draw"),
+    ]
+    for args, reason in cases:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert (reason in result.output and result.exception is None) or \
+            isinstance(result.exception, SystemExit), (args, result.output)

@@ -296,3 +296,37 @@ def test_dask_executor_without_dask_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"pip install 'gasnet-plugin\[dask\]'"):
         Pipeline(config).run_to_file(FIXTURES, out)
     assert not parts_folder(out).exists()
+
+
+def test_one_run_per_output_and_no_foreign_shard_merged(tmp_path, many_files):
+    """A second run on the same output while the first writes it is refused (exit 2,
+    plain or --overwrite); the first finishes untouched; a shard of another run is never
+    merged."""
+    config = small_config(tmp_path, batch_size=1, shard_size=4)
+    out = tmp_path / "out.asdf"
+    first = subprocess.Popen([sys.executable, "-m", "gasnet_plugin.cli", "run", str(config),
+                              str(many_files), "-o", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = parts_folder(out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not list(parts.glob("shard-*.asdf")):
+        time.sleep(0.05)
+    for extra in ([], ["--overwrite"]):
+        second = run_cli("run", str(config), str(SDSS_FILES[0]), "-o", str(out), *extra)
+        assert second.returncode == 2, second.stderr
+        assert "another gasnet run is writing" in second.stderr
+    _, stderr = first.communicate(timeout=300)
+    assert first.returncode == 1, stderr                  # the corrupt file's row
+    assert len(read_archive(out).results) == 81
+
+    # a shard from another run in the folder: the merge refuses it
+    done = tmp_path / "done.asdf"
+    stop_before_merge(Pipeline(as_config(small_config(tmp_path))), FIXTURES, done)
+    store = ShardStore(parts_folder(done))
+    record, results, _ = store.read(4)
+    import asdf
+
+    asdf.AsdfFile({"shard": {**record, "run": "someone-else"},
+                   "results": results}).write_to(store.path(4))
+    with pytest.raises(ArchiveError, match="a shard of another run"):
+        store.merge(["model"])

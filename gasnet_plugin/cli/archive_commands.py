@@ -59,12 +59,19 @@ def evaluate(archive: Path, truth: Path | None, root: Path | None,
     if missing:
         fail(f"{archive}: no {' or '.join(missing)} column: nothing to score; run the "
              "redshift-scan stage (gasnet stages lists it)")
-    labels = truth_from_csv(loaded.results, truth, root) if truth \
-        else truth_from_archive(loaded.results)
+    try:
+        labels = truth_from_csv(loaded.results, truth, root) if truth \
+            else truth_from_archive(loaded.results)
+    except (KeyError, ValueError) as exc:
+        fail(f"{truth}: not a labels CSV like labels.csv (columns path, cls, z, ...): "
+             f"{type(exc).__name__}: {exc}")
     evaluation = score(loaded.results, labels)
     click.echo(format_evaluation(evaluation))
     if output is not None:
-        write_evaluation(evaluation, output)
+        try:
+            write_evaluation(evaluation, output)
+        except OSError as exc:
+            fail(f"{output}: cannot write the scores: {exc.strerror or exc}")
         click.echo(f"wrote {output}", err=True)
 
 
@@ -92,9 +99,19 @@ def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
         loaded = read_archive(archive)
     except ArchiveError as exc:
         fail(str(exc))
-    labels = truth_from_csv(loaded.results, truth, root) if truth else None
-    page = write_report(loaded, output, labels, max_spectra=max_spectra,
-                        title=f"gasnet run: {archive.name}")
+    missing = [c for c in ("Z", "SPECTYPE") if c not in loaded.results.colnames]
+    if missing:
+        fail(f"{archive}: no {' or '.join(missing)} column: nothing to report; run the "
+             "redshift-scan stage")
+    try:
+        labels = truth_from_csv(loaded.results, truth, root) if truth else None
+    except (KeyError, ValueError) as exc:
+        fail(f"{truth}: not a labels CSV like labels.csv: {type(exc).__name__}: {exc}")
+    try:
+        page = write_report(loaded, output, labels, max_spectra=max_spectra,
+                            title=f"gasnet run: {archive.name}")
+    except OSError as exc:
+        fail(f"{output}: cannot write the report: {exc.strerror or exc}")
     click.echo(f"wrote {page}", err=True)
 
 

@@ -96,12 +96,19 @@ def simulate(sources: tuple[str, ...], n_mocks: int, output: Path, model: str, s
     except (ModelError, ConfigError) as exc:
         fail(str(exc))
     usable = np.asarray(archive.results["NPIX_VALID"]) > 0
+    if not usable.any():
+        reasons = sorted({str(r) for r in archive.results["ZWARN_REASON"]})[:3]
+        fail(f"none of the {len(archive.results)} input spectra could be read or has a valid "
+             f"pixel on the grid; nothing to draw mocks from ({'; '.join(reasons)})")
     labels = np.array([str(c).strip().upper() for c in archive.results["SURVEY_CLASS"]])
     reference = reference_set(eigen, archive.arrays.arrays["flux"][usable],
                               archive.arrays.arrays["ivar"][usable], labels[usable])
     wanted = [c.strip().upper() for c in classes.split(",") if c.strip()] or None
     rng = np.random.default_rng(seed)
-    output.mkdir(parents=True, exist_ok=True)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{output}: cannot make the folder: {exc.strerror or exc}")
     written = 0
     with tqdm(total=n_mocks, unit="spectrum", disable=n_mocks < 5000, desc="simulate") as bar:
         for index, start in enumerate(range(0, n_mocks, per_file)):

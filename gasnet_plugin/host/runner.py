@@ -156,6 +156,46 @@ class BatchOutput:
         return len(self.results)
 
 
+class OutputLock:
+    """One run per output at a time: an exclusive ``flock`` on ``OUTPUT.lock`` held while
+    the run writes (released by the system if the process dies)."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+        self._handle: Any = None
+
+    def __enter__(self) -> OutputLock:
+        import fcntl
+        import os
+
+        try:
+            self._handle = open(self.path, "a+")
+        except OSError as exc:
+            raise ArchiveError(f"{self.path.with_suffix('')}: cannot write next to it: "
+                               f"{exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._handle.seek(0)
+            holder = self._handle.read().strip()
+            self._handle.close()
+            raise ArchiveError(f"{self.path.with_suffix('')}: another gasnet run is writing "
+                               f"it{f' (process {holder})' if holder else ''}; wait for it "
+                               "or choose another -o") from None
+        self._handle.seek(0)
+        self._handle.truncate()
+        self._handle.write(str(os.getpid()))
+        self._handle.flush()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        import contextlib
+
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        self._handle.close()
+
+
 def check_output_path(output: Path) -> None:
     """Refuse an output path that cannot be written, before anything runs: an empty name,
     a parent that is missing or not a folder or not writable, or an ``OUTPUT.parts`` that
@@ -533,11 +573,19 @@ class Pipeline:
             run are there (without ``resume`` or ``overwrite``), or they do not belong to
             this config and these inputs.
         """
-        from gasnet_plugin.host.executors import get_executor
-        from gasnet_plugin.host.shards import ShardStore, parts_folder, same_run
 
         output = Path(output)
         check_output_path(output)
+        with OutputLock(output):
+            return self._run_to_file(inputs, output, resume, overwrite, progress, notify)
+
+    def _run_to_file(self, inputs: Sequence[str | Path], output: Path, resume: bool,
+                     overwrite: bool, progress: bool | None,
+                     notify: Callable[[str], None] | None) -> RunArchive:
+        """:meth:`run_to_file` under the output's lock."""
+        from gasnet_plugin.host.executors import get_executor
+        from gasnet_plugin.host.shards import ShardStore, parts_folder, same_run
+
         files = expand_inputs(inputs)
         resolved = {f.resolve() for f in files}
         if output.resolve() in resolved:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -111,6 +112,7 @@ class ShardStore:
         """
         identity = run_identity(config, files, spectra_per_shard)
         self.spectra_per_shard = spectra_per_shard
+        self._run_id = None
         if keep and self.exists():
             try:
                 recorded = json.loads((self.folder / MANIFEST_NAME).read_text())
@@ -128,7 +130,21 @@ class ShardStore:
         if self.folder.exists():
             shutil.rmtree(self.folder)
         self.folder.mkdir(parents=True)
-        (self.folder / MANIFEST_NAME).write_text(json.dumps(identity, indent=1))
+        (self.folder / MANIFEST_NAME).write_text(
+            json.dumps({**identity, "run_id": uuid.uuid4().hex}, indent=1))
+
+    @property
+    def run_id(self) -> str:
+        """The identity of the run these shards belong to (from the manifest): every shard
+        records it, and the merge refuses a shard of another run."""
+        if getattr(self, "_run_id", None) is None:
+            try:
+                manifest = json.loads((self.folder / MANIFEST_NAME).read_text())
+            except (OSError, ValueError) as exc:
+                raise ArchiveError(f"{self.folder / MANIFEST_NAME}: unreadable ({exc})") \
+                    from exc
+            self._run_id = str(manifest.get("run_id", ""))
+        return self._run_id
 
     def remove(self) -> None:
         """Delete the folder (after the archive is written)."""
@@ -155,7 +171,8 @@ class ShardStore:
         end = outputs[-1].end
         index = start_row
         record = {"index": int(start_row), "start_row": int(start_row),
-                  "n_rows": len(results), "end_file": int(end.file), "end_row": int(end.row)}
+                  "n_rows": len(results), "end_file": int(end.file), "end_row": int(end.row),
+                  "run": self.run_id}
         tree: dict[str, Any] = {"shard": record, "results": results}
         if arrays is not None:
             tree["arrays"] = arrays
@@ -179,7 +196,7 @@ class ShardStore:
         """The record of shard ``index`` (without loading its results)."""
         try:
             with asdf.open(self.path(index), lazy_load=True, memmap=False) as af:
-                return {k: int(v) for k, v in af["shard"].items()}
+                return {k: (str(v) if k == "run" else int(v)) for k, v in af["shard"].items()}
         except Exception as exc:
             raise ArchiveError(f"{self.path(index)}: cannot read shard record: "
                                f"{type(exc).__name__}: {exc}") from exc
@@ -225,6 +242,10 @@ class ShardStore:
                         else f"shard from row {index} overlaps rows before {next_row}")
                 raise ArchiveError(f"{self.folder}: {what}")
             record, results, arrays = self.read(index)
+            if record.get("run", self.run_id) != self.run_id:
+                raise ArchiveError(f"{self.path(index)}: a shard of another run "
+                                   f"({record.get('run')}, this run is {self.run_id}): "
+                                   "refusing to merge it")
             if record["index"] != index or record["start_row"] != next_row \
                     or record["n_rows"] != len(results) or not len(results):
                 raise ArchiveError(f"{self.path(index)}: holds rows from "
