@@ -472,3 +472,43 @@ def test_a_file_name_that_is_not_utf8_is_stored_safely_and_resume_takes_relative
     monkeypatch.chdir(tmp_path)
     again = run_pipeline(config, ["in"], "out.asdf", resume=True)
     assert len(again.results) == 1
+
+
+def test_model_and_threshold_contents_are_checked_at_load(tmp_path):
+    """NaN or all-zero eigenvectors, NaN encoder weights, NaN thresholds (in a file or as
+    an override): refused at setup, naming what is wrong."""
+    import copy
+
+    from gasnet_plugin.api import run_pipeline
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.models.eigen_model import ModelError, load_model
+
+    model = load_model()
+    for broken, reason in (("nan", "finite"), ("zero", "all zero"), ("weight", "weight")):
+        bad = copy.deepcopy(model)
+        template = bad.templates[0]
+        if broken == "nan":
+            template.eigenvectors = np.full_like(template.eigenvectors, np.nan)
+        elif broken == "zero":
+            template.eigenvectors = np.zeros_like(template.eigenvectors)
+        else:
+            key = next(iter(template.encoder_weights))
+            template.encoder_weights[key] = np.full_like(template.encoder_weights[key], np.inf)
+        with pytest.raises(ModelError, match=reason):
+            bad.check()
+    config = {"stages": ["resample", "classify", "redshift-scan",
+                         {"flag-anomaly": {"large_chi2": float("nan")}}]}
+    with pytest.raises(ConfigError, match="large_chi2 must be a finite number"):
+        run_pipeline(config, [str(DATA / "spec-0266-51602-0013.fits")])
+
+
+def test_yaml_aliases_are_refused_in_a_config(tmp_path):
+    """A billion-laughs config is a ConfigError at once, not minutes of expansion."""
+    from gasnet_plugin.host.config import ConfigError, load_config
+
+    lines = ["l0: &l0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, 9)]
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nstages: [resample]\noutput: {arrays: *l8}\n")
+    with pytest.raises(ConfigError, match="aliases"):
+        load_config(path)

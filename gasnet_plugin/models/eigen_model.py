@@ -127,6 +127,14 @@ class EigenModel:
             where = f"class {t.name!r}"
             if t.eigenvectors.ndim != 2:
                 raise ModelError(f"{where}: eigenvectors must be 2-D (K, L)")
+            if t.eigenvectors.dtype.kind != "f" or not np.all(np.isfinite(t.eigenvectors)):
+                raise ModelError(f"{where}: eigenvectors must be finite floats")
+            if not np.any(t.eigenvectors):
+                raise ModelError(f"{where}: eigenvectors are all zero")
+            for name, weights in t.encoder_weights.items():
+                array = np.asarray(weights)
+                if array.dtype.kind not in "fiu" or not np.all(np.isfinite(array)):
+                    raise ModelError(f"{where}: encoder weight {name!r} is not finite numbers")
             k, length = t.eigenvectors.shape
             if t.rest_loglam.shape != (length,):
                 raise ModelError(f"{where}: rest_loglam has {t.rest_loglam.shape} pixels, "

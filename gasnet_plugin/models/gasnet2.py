@@ -345,4 +345,8 @@ def load_cnn_model(path: str | os.PathLike[str], task: str) -> CNNModel:
     model = read_model(path, kind=CNNModel)
     if model.task != task:
         raise ModelError(f"{path}: a {model.task} model, not a {task} model")
+    for name, weights in model.weights.items():
+        array = np.asarray(weights)
+        if array.dtype.kind not in "fiub" or not np.all(np.isfinite(array)):
+            raise ModelError(f"{path}: weight {name!r} is not finite numbers")
     return model

@@ -366,6 +366,10 @@ def read_thresholds(path: str | os.PathLike[str] = "default") -> FlagThresholds:
 
     def extract(af: Any) -> FlagThresholds:
         tree = af["flag_thresholds"]
+        values = [float(tree[k]) for k in ("low_snr", "large_chi2", "degenerate",
+                                             "z_disagree", "low_prob", "class_doubt")]
+        if not np.all(np.isfinite(values)):
+            raise ThresholdsError(f"{path}: thresholds must be finite numbers, got {values}")
         edges = [float(e) for e in tree["snr_edges"]]
         if edges != [float(e) for e in SNR_EDGES[1:-1]]:
             raise ThresholdsError(f"{path}: S/N bins {edges} are not {SNR_EDGES[1:-1]}")
@@ -418,6 +422,9 @@ class FlagAnomalyStage(Stage):
             raise ConfigError(f"stage 'flag-anomaly': {exc}") from None
         for name in ("low_snr", "large_chi2", "degenerate", "z_disagree", "low_prob"):
             if self.params[name] is not None:
+                if not np.isfinite(float(self.params[name])):
+                    raise ConfigError(f"stage 'flag-anomaly': {name} must be a finite "
+                                      f"number, not {self.params[name]}")
                 setattr(thresholds, name, float(self.params[name]))
         self.thresholds = thresholds
 
