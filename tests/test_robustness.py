@@ -512,3 +512,50 @@ def test_yaml_aliases_are_refused_in_a_config(tmp_path):
     path.write_text("\n".join(lines) + "\nstages: [resample]\noutput: {arrays: *l8}\n")
     with pytest.raises(ConfigError, match="aliases"):
         load_config(path)
+
+
+def test_no_input_is_dropped_silently_and_reasons_say_what_happened(tmp_path):
+    """Broken links, link loops, FIFOs, folders named *.fits, files with no spectrum, a
+    corrupt .fits.gz and a 2-pixel spectrum over the whole grid: each gets a flagged row
+    whose reason says what it is."""
+    import gzip
+    import os
+
+    from astropy.io import fits
+
+    from gasnet_plugin.api import process_spectra, run_pipeline
+    from gasnet_plugin.zwarning import ZWarn
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "good.fits").write_bytes((DATA / "spec-0266-51602-0013.fits").read_bytes())
+    os.symlink(folder / "missing.fits", folder / "broken.fits")
+    os.symlink(folder / "loop.fits", folder / "loop.fits")
+    os.mkfifo(folder / "pipe.fits")
+    (folder / "adir.fits").mkdir()
+    empty = fits.BinTableHDU.from_columns([
+        fits.Column("flux", "4076E", array=np.zeros((0, 4076), np.float32)),
+        fits.Column("ivar", "4076E", array=np.zeros((0, 4076), np.float32))])
+    empty.header["COEFF0"], empty.header["COEFF1"] = np.log10(3600.0), 1e-4
+    fits.HDUList([fits.PrimaryHDU(), empty]).writeto(folder / "empty.fits")
+    with gzip.open(folder / "corrupt.fits.gz", "wb") as handle:
+        handle.write((DATA / "spec-0266-51602-0013.fits").read_bytes()[:4000])
+    results = run_pipeline({"stages": ["resample"]}, [str(folder)]).results
+    reasons = {Path(str(s)).name: str(r) for s, r in zip(results["SOURCE"],
+                                                           results["ZWARN_REASON"], strict=True)}
+    assert "broken symbolic link" in reasons["broken.fits"]
+    assert "broken symbolic link" in reasons["loop.fits"]
+    assert "FIFO" in reasons["pipe.fits"]
+    assert "folder, not a file" in reasons["adir.fits"]
+    assert "holds no spectrum" in reasons["empty.fits"]
+    assert reasons.get("corrupt.fits.gz")
+    assert reasons["good.fits"] == ""
+
+    from specutils import Spectrum
+
+    coarse = Spectrum(flux=np.array([1.0, 2.0]) * u.Unit("1e-17 erg / (s cm2 Angstrom)"),
+                      spectral_axis=np.array([3601.0, 9199.0]) * u.AA,
+                      uncertainty=InverseVariance(np.ones(2)))
+    meta = process_spectra({"stages": ["resample"]}, [coarse])[0].meta
+    assert int(meta["ZWARN"]) & int(ZWarn.BAD_INPUT)
+    assert "coarser than the grid" in str(meta["ZWARN_REASON"])

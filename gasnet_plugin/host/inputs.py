@@ -17,7 +17,10 @@ class InputError(ConfigError):
 
 
 def _is_spectrum_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(SPECTRUM_SUFFIXES)
+    """A folder entry named like a spectrum file. Entries that are not regular files
+    (broken links, link loops, FIFOs, folders named ``*.fits``) are kept: the reader gives
+    each one a flagged row saying what it is, instead of skipping it silently."""
+    return path.name.lower().endswith(SPECTRUM_SUFFIXES)
 
 
 def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
@@ -40,7 +43,7 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
             if not found:
                 raise InputError(f"{path}: folder holds no FITS files "
                                  f"({', '.join(SPECTRUM_SUFFIXES)})")
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             found = [path]
         elif glob.has_magic(str(item)):
             found = sorted(Path(p) for p in glob.glob(str(item)) if Path(p).is_file())

@@ -372,6 +372,9 @@ class Pipeline:
             yield InputBlock(rows=rows, spectrum=spectrum, file_index=file_index,
                              first_row=first_row)
             first_row += len(rows)
+        if first_row == 0:      # a file that holds no spectrum still shows in the archive
+            yield InputBlock(rows=label_rows(1, str(path)),
+                             error=f"{path}: the file holds no spectrum", file_index=file_index)
 
     def read_blocks(self, files: Sequence[Path], start: Cursor = Cursor(),
                     limit: int | None = None,

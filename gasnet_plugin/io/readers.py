@@ -58,18 +58,37 @@ class UnreadableFileError(Exception):
     """A file could not be read; the message names the file and what is wrong."""
 
 
+def _not_a_file(path: Path) -> str:
+    """What a path that is not a regular file is (never opened: a FIFO would block)."""
+    import stat
+
+    if path.is_symlink() and not path.exists():
+        return "a broken symbolic link (or a link loop)"
+    if path.is_dir():
+        return "a folder, not a file"
+    if path.exists():
+        kind = stat.S_IFMT(path.stat().st_mode)
+        names = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket", stat.S_IFCHR:
+                 "a character device", stat.S_IFBLK: "a block device"}
+        return f"not a regular file ({names.get(kind, 'special file')})"
+    return "no such file"
+
+
 def pick_reader(hdul: fits.HDUList, source: str,
                 readers: Registry[SpectrumReader]) -> SpectrumReader:
-    """The first registered reader that identifies ``hdul``."""
+    """The first registered reader that identifies ``hdul``; if none does, the error
+    says what went wrong while they looked (a damaged file, not only an unknown one)."""
+    errors = []
     for reader in readers:
         try:
             if reader.identify(hdul):
                 return reader
-        except Exception:  # a reader's identify must not decide for the others
-            continue
+        except Exception as exc:  # a reader's identify must not decide for the others
+            errors.append(f"{reader.name}: {type(exc).__name__}: {exc}")
+    seen = f"; while looking: {errors[0]}" if errors else ""
     raise UnreadableFileError(
         f"{source}: no registered reader identifies this file (tried: "
-        f"{', '.join(readers.names())})")
+        f"{', '.join(readers.names())}){seen}")
 
 
 def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
@@ -103,7 +122,7 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
         readers = PluginHost().readers
     source = str(path)
     if not Path(source).is_file():
-        raise UnreadableFileError(f"{source}: no such file")
+        raise UnreadableFileError(f"{source}: {_not_a_file(Path(source))}")
     fast = _read_raw(source, reader, readers)
     if fast is not None:
         return fast

@@ -331,6 +331,15 @@ class ResampleStage(Stage):
 
         usable_rows = has_row_data & batch.usable
         npix_valid = (ivar_out > 0).sum(axis=1)
+        # a spectrum far coarser than the grid (2 pixels spread over 4076) is no measurement
+        native = ((centers >= out_edges[0]) & (centers <= out_edges[-1])
+                  & (np.arange(width)[None, :] < n_pixels[:, None])).sum(axis=1)
+        coarse = usable_rows & (npix_valid > COARSE_FACTOR * np.maximum(native, 1))
+        batch.flag(coarse, ZWarn.BAD_INPUT,
+                   [f"{n} input pixels within the grid, spread over {v} grid pixels: the "
+                    f"spectrum is far coarser than the grid (> {COARSE_FACTOR}x)"
+                    for n, v in zip(native[coarse], npix_valid[coarse], strict=True)])
+        usable_rows &= ~coarse
         no_input = usable_rows & (n_valid == 0)
         no_overlap = usable_rows & (n_valid > 0) & (npix_valid == 0)
         batch.flag(no_input, ZWarn.NODATA, "no valid input pixel (all masked or ivar <= 0)")
@@ -404,6 +413,9 @@ FLUX_DENSITY_UNITS = (u.erg / u.s / u.cm**2 / u.AA, u.Jy, u.dimensionless_unscal
 COUNT_UNITS = (u.ct, u.adu, u.electron, u.photon)
 
 
+COARSE_FACTOR = 8
+"""A spectrum whose valid grid pixels outnumber its own pixels in the grid's range by more
+than this is refused (BAD_INPUT): it would be interpolation, not data."""
 MAX_GRID_PIXELS = 1_000_000
 """A common grid may have at most this many pixels (10⁻⁶ dex over the optical)."""
 
