@@ -502,6 +502,18 @@ def test_model_and_threshold_contents_are_checked_at_load(tmp_path):
         run_pipeline(config, [str(DATA / "spec-0266-51602-0013.fits")])
 
 
+def test_an_asdf_file_full_of_aliases_is_refused_before_parsing(tmp_path):
+    from gasnet_plugin.io.archive import ArchiveError, read_archive
+
+    lines = ["#ASDF 1.0.0", "#ASDF_STANDARD 1.5.0", "%YAML 1.1", "%TAG ! tag:stsci.edu:asdf/",
+             "--- !core/asdf-1.1.0", "a: &a [1, 2]",
+             "b: [" + ", ".join(["*a"] * 200_000) + "]", "..."]
+    bomb = tmp_path / "bomb.asdf"
+    bomb.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ArchiveError, match="200,000 YAML aliases"):
+        read_archive(bomb)
+
+
 def test_yaml_aliases_are_refused_in_a_config(tmp_path):
     """A billion-laughs config is a ConfigError at once, not minutes of expansion."""
     from gasnet_plugin.host.config import ConfigError, load_config
@@ -559,3 +571,44 @@ def test_no_input_is_dropped_silently_and_reasons_say_what_happened(tmp_path):
     meta = process_spectra({"stages": ["resample"]}, [coarse])[0].meta
     assert int(meta["ZWARN"]) & int(ZWarn.BAD_INPUT)
     assert "coarser than the grid" in str(meta["ZWARN_REASON"])
+
+
+def test_small_files_cannot_make_a_reader_allocate_gigabytes(tmp_path):
+    """A header declaring far more data than the file holds (a corrupted GCOUNT), and DESI
+    arms placed absurdly far apart: refused from the headers, quickly, with the reason."""
+
+    from gasnet_plugin.io.desi import join_arms
+    from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
+
+    raw = (DATA / "desi-coadd-2targets.fits").read_bytes()
+    at = raw.find(b"GCOUNT  =")
+    bad = tmp_path / "gcount.fits"
+    bad.write_bytes(raw[:at] + b"GCOUNT  =            999999999" + raw[at + 30:])
+    with pytest.raises(UnreadableFileError, match="declares .* bytes of data"):
+        read_spectra(bad)
+    wave = 3600.0 + 0.8 * np.arange(100)
+    far = 4e8 + 0.8 * np.arange(100)
+    ones = np.ones((1, 100), np.float32)
+    with pytest.raises(ValueError, match="refusing to allocate the gap"):
+        join_arms([wave, far], [ones, ones], [ones, ones], [ones * 0, ones * 0])
+
+
+def test_a_full_disk_is_a_clear_error_with_no_temporary_file(tmp_path):
+    """A write that fails (file-size limit standing in for a full disk): exit 2 naming
+    the output and the cause, no traceback, no temporary file left."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("prlimit") is None:
+        pytest.skip("prlimit is not installed")
+    config = tmp_path / "config.yaml"
+    config.write_text("stages: [resample]\noutput: {arrays: [flux, ivar]}\n")
+    out = tmp_path / "out" / "out.asdf"
+    out.parent.mkdir()
+    done = subprocess.run(["prlimit", "--fsize=19000", sys.executable, "-m",
+                           "gasnet_plugin.cli", "run", str(config), str(DATA), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert "cannot write the results" in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() and not list(out.parent.glob("**/*tmp*"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,28 @@ def write_validated(tree: dict[str, Any], path: str | os.PathLike[str], schema_u
     return write_asdf_atomically(af, path, **write_options)
 
 
+MAX_YAML_ALIASES = 10_000
+"""YAML aliases an ASDF file's tree may hold (ours hold a handful); millions expand to a
+tree that takes minutes and gigabytes to build."""
+_ALIAS = re.compile(rb"(?<![\w'\"])\*[A-Za-z0-9_.-]+")
+
+
+def refuse_alias_bombs(path: Path, error: type[Exception]) -> None:
+    """Raise ``error`` if the YAML tree of the ASDF file ``path`` holds more than
+    :data:`MAX_YAML_ALIASES` aliases (checked on the raw text, before parsing)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(64 * 1024 * 1024)
+    except OSError:
+        return                      # the reader reports it
+    end = head.find(b"\n...\n")
+    tree = head if end < 0 else head[:end]
+    count = len(_ALIAS.findall(tree))
+    if count > MAX_YAML_ALIASES:
+        raise error(f"{path}: refused: its tree holds {count:,} YAML aliases (at most "
+                    f"{MAX_YAML_ALIASES:,}); a file built to expand without bound")
+
+
 def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile], T],
                    error: type[Exception], what: str) -> T:
     """Open ``path`` fully into memory, validate it against ``schema_uri`` (asdf 6 does
@@ -67,6 +90,7 @@ def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile
         warning, e.g. an unknown tag), ``"<path>: cannot read <what>: ..."`` (anything
         else); an ``error`` raised by ``extract`` passes unchanged.
     """
+    refuse_alias_bombs(path, error)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AsdfWarning)

@@ -50,6 +50,11 @@ def join_arms(waves: list[np.ndarray], fluxes: list[np.ndarray], ivars: list[np.
         offsets.append(round(offset))
     npix = max(o + len(w) for o, w in zip(offsets, waves, strict=True))
     n_spectra = fluxes[0].shape[0]
+    own = sum(len(w) for w in waves)
+    if npix > 2 * own:      # arms far apart: the union grid would be mostly gap
+        raise ValueError(f"the arms span {npix} pixels of their grid for {own} pixels of "
+                         f"data ({min(w[0] for w in waves):.1f}-"
+                         f"{max(w[-1] for w in waves):.1f} Å): refusing to allocate the gap")
     weighted = np.zeros((n_spectra, npix))
     weight = np.zeros((n_spectra, npix))
     for offset, flux, ivar, mask in zip(offsets, fluxes, ivars, masks, strict=True):

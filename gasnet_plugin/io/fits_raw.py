@@ -35,6 +35,10 @@ class RawFitsError(ValueError):
     """The file is not something this minimal reader handles (use astropy instead)."""
 
 
+class TruncatedFitsError(RawFitsError):
+    """The headers declare more data than the file holds: no reader should allocate it."""
+
+
 _VALUE = re.compile(r"^\s*(?:'((?:[^']|'')*)'|([^/]*))")
 
 
@@ -106,7 +110,9 @@ def read_hdus(raw: bytes) -> list[RawHDU]:
                 int(header.get("PCOUNT", 0))
                 + int(np.prod([int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)])))
         if start + size > len(raw):
-            raise RawFitsError("file is truncated")
+            raise TruncatedFitsError(f"file is truncated: HDU {len(hdus)} declares {size:,} "
+                                     f"bytes of data, the file holds "
+                                     f"{max(len(raw) - start, 0):,} after its header")
         hdus.append(RawHDU(text, header, start, size))
         position = start + -(-size // BLOCK) * BLOCK
     if not hdus:

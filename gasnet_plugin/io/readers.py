@@ -156,7 +156,7 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
     (``identify_raw``/``read_raw``, :mod:`gasnet_plugin.io.fits_raw`) that identifies it
     (and is the one asked for), or ``None``: then astropy reads the file as always. Any
     failure here falls back too, so errors are reported by the usual path."""
-    from gasnet_plugin.io.fits_raw import read_hdus
+    from gasnet_plugin.io.fits_raw import TruncatedFitsError, read_hdus
 
     candidates = [r for r in readers if hasattr(r, "read_raw")
                   and (reader == "auto" or r.name == reader)]
@@ -164,7 +164,10 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
         return None
     try:
         raw = Path(source).read_bytes()
-        hdus = read_hdus(raw)
+        try:
+            hdus = read_hdus(raw)
+        except TruncatedFitsError as exc:   # before astropy allocates what the header says
+            raise UnreadableFileError(f"{source}: {exc}") from None
         for candidate in readers:
             if reader != "auto" and candidate.name != reader:
                 continue
@@ -175,6 +178,8 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
             if reader == "auto":
                 continue
         return None
+    except UnreadableFileError:
+        raise
     except Exception:  # anything odd (RawFitsError, ...): astropy's path decides and reports
         return None
 
