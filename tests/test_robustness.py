@@ -612,3 +612,27 @@ def test_a_full_disk_is_a_clear_error_with_no_temporary_file(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "cannot write the results" in done.stderr and "Traceback" not in done.stderr
     assert not out.exists() and not list(out.parent.glob("**/*tmp*"))
+
+
+@settings(max_examples=12, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.integers(-45, 45), st.sampled_from(["erg / (s cm2 Angstrom)", "W / (m2 nm)", "Jy",
+                                                "ct / s", "mJy", "W / (m2 um)"]))
+def test_fuzz_hostile_neighbour_units(tmp_path, power, unit):
+    """Any flux unit and scale on a neighbour (10^-45 .. 10^45): the other spectra of the
+    batch give bit for bit what they give beside a neighbour with the usual unit."""
+    from gasnet_plugin.api import process_spectra
+
+    good = read_spectra(DATA / "spec-3655-55240-0660.fits")[0]
+    other = read_spectra(DATA / "spec-0266-51602-0013.fits")[0]
+    hostile = other.__class__(flux=other.flux.value * u.Unit(f"1e{power} {unit}"),
+                              spectral_axis=other.spectral_axis,
+                              uncertainty=InverseVariance(other.uncertainty.array,
+                                                          unit=u.Unit(f"1e{power} {unit}") ** -2),
+                              mask=other.mask, meta=other.meta)
+    config = {"stages": ["resample", "classify", "redshift-scan"]}
+    beside_hostile = process_spectra(config, [hostile, good])[1].meta
+    beside_usual = process_spectra(config, [other, good])[1].meta
+    for name in ("Z", "ZERR", "SPECTYPE", "CHI2", "NPIX_VALID", "ZWARN", "PROB_GALAXY"):
+        a, b = beside_hostile[name], beside_usual[name]
+        assert a == b or (isinstance(a, float) and np.isnan(a) and np.isnan(b)), name
