@@ -16,6 +16,21 @@ from gasnet_plugin.cli.common import (
 from gasnet_plugin.cli.group import main
 
 
+def _measured_archive(archive: Path, what: str) -> object:
+    """The archive, if it holds redshifts (else the usage error, naming what is missing)."""
+    from gasnet_plugin.io.archive import ArchiveError, read_archive
+
+    try:
+        loaded = read_archive(archive)
+    except ArchiveError as exc:
+        fail(str(exc))
+    missing = [c for c in ("Z", "SPECTYPE") if c not in loaded.results.colnames]
+    if missing:
+        fail(f"{archive}: no {' or '.join(missing)} column: nothing to {what}; run the "
+             "redshift-scan stage (gasnet stages lists it)")
+    return loaded
+
+
 @main.command()
 @click.argument("archive", type=click.Path(dir_okay=False, path_type=Path))
 def info(archive: Path) -> None:
@@ -49,16 +64,8 @@ def evaluate(archive: Path, truth: Path | None, root: Path | None,
         truth_from_csv,
         write_evaluation,
     )
-    from gasnet_plugin.io.archive import ArchiveError, read_archive
 
-    try:
-        loaded = read_archive(archive)
-    except ArchiveError as exc:
-        fail(str(exc))
-    missing = [c for c in ("Z", "SPECTYPE") if c not in loaded.results.colnames]
-    if missing:
-        fail(f"{archive}: no {' or '.join(missing)} column: nothing to score; run the "
-             "redshift-scan stage (gasnet stages lists it)")
+    loaded = _measured_archive(archive, "score")
     try:
         labels = truth_from_csv(loaded.results, truth, root) if truth \
             else truth_from_archive(loaded.results)
@@ -87,7 +94,6 @@ def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
            max_spectra: int) -> None:
     """Write a static HTML report of ARCHIVE (figures need the 'plot' extra)."""
     from gasnet_plugin.evaluate import truth_from_csv
-    from gasnet_plugin.io.archive import ArchiveError, read_archive
 
     try:
         import matplotlib  # noqa: F401
@@ -95,14 +101,7 @@ def report(archive: Path, output: Path, truth: Path | None, root: Path | None,
         fail("gasnet report needs matplotlib: pip install 'gasnet-plugin[plot]'")
     from gasnet_plugin.report.html import write_report
 
-    try:
-        loaded = read_archive(archive)
-    except ArchiveError as exc:
-        fail(str(exc))
-    missing = [c for c in ("Z", "SPECTYPE") if c not in loaded.results.colnames]
-    if missing:
-        fail(f"{archive}: no {' or '.join(missing)} column: nothing to report; run the "
-             "redshift-scan stage")
+    loaded = _measured_archive(archive, "report")
     try:
         labels = truth_from_csv(loaded.results, truth, root) if truth else None
     except (KeyError, ValueError) as exc:

@@ -48,6 +48,15 @@ def snapped_loglam(loglam: np.ndarray, header: fits.Header) -> np.ndarray:
     return snapped if np.all(np.abs(snapped - loglam) < 1e-5) else loglam
 
 
+def _spectrum(loglam: np.ndarray, flux: np.ndarray, ivar: np.ndarray, mask: np.ndarray | None,
+              header: fits.Header, labels: dict, source: str) -> Spectrum:
+    """The Spectrum of one spec file, whichever way its columns were read."""
+    return build_spectrum(10.0**loglam, np.asarray(flux, dtype=np.float32),
+                          np.asarray(ivar, dtype=np.float32), mask,
+                          parse_flux_unit(header.get("BUNIT"), SDSS_FLUX_UNIT),
+                          label_rows(1, source, **labels), header=header)
+
+
 class SdssSpecReader:
     """SDSS/BOSS ``spec`` files: one spectrum per file with its SPECOBJ labels."""
 
@@ -75,15 +84,7 @@ class SdssSpecReader:
             for column, label in _LABELS:
                 if column in specobj.columns.names:
                     labels[label] = specobj[column][0]
-        return [build_spectrum(
-            10.0**loglam,
-            np.asarray(coadd["flux"], dtype=np.float32),
-            np.asarray(coadd["ivar"], dtype=np.float32),
-            mask,
-            parse_flux_unit(header.get("BUNIT"), SDSS_FLUX_UNIT),
-            label_rows(1, source, **labels),
-            header=header,
-        )]
+        return [_spectrum(loglam, coadd["flux"], coadd["ivar"], mask, header, labels, source)]
 
     # -- the fast path ---------------------------------------------------------------------
 
@@ -119,12 +120,4 @@ class SdssSpecReader:
             for column, label in _LABELS:
                 if column in values:
                     labels[label] = values[column][0]
-        return [build_spectrum(
-            10.0**loglam,
-            np.asarray(coadd["flux"], dtype=np.float32),
-            np.asarray(coadd["ivar"], dtype=np.float32),
-            mask,
-            parse_flux_unit(header.get("BUNIT"), SDSS_FLUX_UNIT),
-            label_rows(1, source, **labels),
-            header=header,
-        )]
+        return [_spectrum(loglam, coadd["flux"], coadd["ivar"], mask, header, labels, source)]
