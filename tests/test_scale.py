@@ -136,7 +136,7 @@ def test_sigterm_saves_the_work_and_says_how_to_resume(tmp_path, many_files):
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (parts / "manifest.json").is_file():
         time.sleep(0.01)
-    time.sleep(3.0)                      # models loaded, some batches done
+    time.sleep(1.0)                      # models loaded, a few batches done
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
