@@ -37,6 +37,8 @@ BROAD_SIGMAS = np.array([0.0, 900.0, 1400.0, 2100.0, 3200.0, 4800.0])
 """Grid of broad-component widths σ, km/s (0: no broad component)."""
 ANY_SIGMAS = np.concatenate([NARROW_SIGMAS, BROAD_SIGMAS[1:], [7000.0]])
 """Grid for lines that can be narrow or broad (Mg II, C IV, Lyα), km/s."""
+WIDTH_GRIDS = {"narrow": NARROW_SIGMAS, "broad": BROAD_SIGMAS, "any": ANY_SIGMAS}
+"""The width grid of each kind of line."""
 MIN_PIXELS = 8
 """Valid pixels a group's window needs."""
 MIN_COVERAGE = 0.6
@@ -205,12 +207,13 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
     amplitude = np.linalg.solve(normal, rhs[..., None])[..., 0]    # (B, S, D)
     chi2 = np.einsum("bm,bm->b", w, f * f)[:, None] - np.einsum("bsd,bsd->bs", amplitude,
                                                                   rhs)
-    kinds = sorted({_kind(line) for line in group.lines})
+    kinds = _kinds(group)
     usable = (w > 0).sum(axis=1) >= MIN_PIXELS
     best = np.argmin(chi2, axis=1)
     # refine the narrow widths between grid points (parabola in ln σ) and refit there
-    widths = {kind: (grid[best, c] if kind == "broad" else
-                     _refined_width(chi2, grid[:, c], best))[:, None]
+    parabolas = {kind: _width_parabola(chi2, grid[:, c], best)
+                 for c, kind in enumerate(kinds)}
+    widths = {kind: (grid[best, c] if kind == "broad" else parabolas[kind][0])[:, None]
               for c, kind in enumerate(kinds)}
     amp, covariance, _ = _solve_at(group, rest, f, w, one_plus_z, widths)
     t = np.linspace(-1, 1, f.shape[1])
@@ -218,7 +221,7 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
         d = 2 + k
         column = kinds.index(_kind(line))
         sigma = widths[_kind(line)][:, 0]
-        sigma_err = _width_error(chi2, grid[:, column], best)
+        sigma_err = parabolas[_kind(line)][1]
         value, error = amp[:, d], np.sqrt(np.maximum(covariance[:, d, d], 0.0))
         if line.kind == "broad":
             # the broad component at its best width, and how much it improves the fit
@@ -228,7 +231,7 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
             for keep in (has, ~has):
                 best_k = np.argmin(np.where(keep[None, :], chi2, np.inf), axis=1)
                 widths_k = {kind: (grid[best_k, c] if kind == "broad" else
-                                   _refined_width(chi2, grid[:, c], best_k))[:, None]
+                                   _width_parabola(chi2, grid[:, c], best_k)[0])[:, None]
                             for c, kind in enumerate(kinds)}
                 fits.append((best_k, *_solve_at(group, rest, f, w, one_plus_z, widths_k)))
             (best_b, amp_b, cov_b, chi2_b), (_, _, _, chi2_nb) = fits
@@ -269,10 +272,8 @@ def _normal_equations(group: LineGroup, rest: np.ndarray, f: np.ndarray, w: np.n
     and the two axes' profiles with each other; the full matrices are only assembled.
     ``widths`` replaces a kind's grid by per-row widths ``(B, S_k)``."""
     n_rows, n_pix = f.shape
-    kinds = sorted({_kind(line) for line in group.lines})
-    axes: dict[str, np.ndarray] = {"narrow": NARROW_SIGMAS, "broad": BROAD_SIGMAS,
-                                   "any": ANY_SIGMAS}
-    axes.update(widths or {})
+    kinds = _kinds(group)
+    axes: dict[str, np.ndarray] = {**WIDTH_GRIDS, **(widths or {})}
     t = np.broadcast_to(np.linspace(-1, 1, n_pix), (n_rows, n_pix))
     continuum = np.stack([np.ones_like(t), t], axis=1)                     # (B, 2, M)
     wf = w * f
@@ -334,11 +335,14 @@ def _kind(line: Line) -> str:
     return "broad" if line.kind == "broad" else ("any" if line.kind == "any" else "narrow")
 
 
+def _kinds(group: LineGroup) -> list[str]:
+    """The kinds of width a group fits, sorted by name (the axes of its width grid)."""
+    return sorted({_kind(line) for line in group.lines})
+
+
 def _sigma_grid(group: LineGroup) -> np.ndarray:
     """``(S, n_kinds)`` the width combinations tried for a group (kinds sorted by name)."""
-    kinds = sorted({_kind(line) for line in group.lines})
-    axes = {"narrow": NARROW_SIGMAS, "broad": BROAD_SIGMAS, "any": ANY_SIGMAS}
-    mesh = np.meshgrid(*[axes[k] for k in kinds], indexing="ij")
+    mesh = np.meshgrid(*[WIDTH_GRIDS[k] for k in _kinds(group)], indexing="ij")
     return np.stack([m.ravel() for m in mesh], axis=1)
 
 
@@ -355,15 +359,18 @@ def _solve_at(group: LineGroup, rest: np.ndarray, f: np.ndarray, w: np.ndarray,
     return amplitude, np.linalg.inv(normal), chi2
 
 
-def _refined_width(chi2: np.ndarray, sigmas: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """``(B,)`` the width at the vertex of the χ² parabola in ln σ through the best grid
-    point and its two neighbours on that width's axis (the grid value at an edge, or
-    without positive curvature); within one grid step."""
-    out = sigmas[best].astype(float)
+def _width_parabola(chi2: np.ndarray, sigmas: np.ndarray, best: np.ndarray,
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """The χ² parabola in ln σ through each row's best grid point and its two neighbours
+    on that width's axis (other widths fixed): the width at its vertex (the grid value at
+    an edge or without positive curvature; within one grid step) and the 1σ error of the
+    width from its curvature (NaN at an edge), both ``(B,)``."""
+    refined = sigmas[best].astype(float)
+    error = np.full(chi2.shape[0], np.nan)
     values = np.unique(sigmas[sigmas > 0])
     if values.size < 3:
-        return out
-    step = _axis_step(sigmas, values)
+        return refined, error
+    step = _axis_step(sigmas, values)   # neighbours share every other width: a flat offset
     for r in range(1, values.size - 1):
         at = np.flatnonzero(sigmas[best] == values[r])
         if at.size == 0:
@@ -372,36 +379,14 @@ def _refined_width(chi2: np.ndarray, sigmas: np.ndarray, best: np.ndarray) -> np
         cm, cp = chi2[at, best[at] - step], chi2[at, best[at] + step]
         lo, hi = np.log(values[r - 1] / values[r]), np.log(values[r + 1] / values[r])
         # vertex of the parabola through (lo, cm), (0, c0), (hi, cp)
-        a = (cp - c0) / hi - (cm - c0) / lo
-        a = a / (hi - lo)
+        a = ((cp - c0) / hi - (cm - c0) / lo) / (hi - lo)
         b = (cm - c0) / lo - a * lo
+        curvature = (cm - 2 * c0 + cp) / hi**2
         with np.errstate(invalid="ignore", divide="ignore"):
             vertex = np.where(a > 0, -b / (2 * a), 0.0)
-        out[at] = values[r] * np.exp(np.clip(vertex, lo, hi))
-    return out
-
-
-def _width_error(chi2: np.ndarray, sigmas: np.ndarray, best: np.ndarray) -> np.ndarray:
-    """1σ error of the best width from the χ² parabola in ln σ through the best grid point
-    and its neighbours along that width's axis (other widths fixed); NaN at a grid edge."""
-    n_rows = chi2.shape[0]
-    out = np.full(n_rows, np.nan)
-    values = np.unique(sigmas[sigmas > 0])
-    for r in range(values.size):
-        if r == 0 or r == values.size - 1:
-            continue
-        at = np.flatnonzero(sigmas[best] == values[r])
-        if at.size == 0:
-            continue
-        # the neighbours share every other width with the best point: same flat offset
-        step = _axis_step(sigmas, values)
-        lower, upper = best[at] - step, best[at] + step
-        c0, cm, cp = chi2[at, best[at]], chi2[at, lower], chi2[at, upper]
-        h = np.log(values[r + 1] / values[r])
-        curvature = (cm - 2 * c0 + cp) / h**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[at] = np.where(curvature > 0, values[r] * np.sqrt(2 / curvature), np.nan)
-    return out
+            error[at] = np.where(curvature > 0, values[r] * np.sqrt(2 / curvature), np.nan)
+        refined[at] = values[r] * np.exp(np.clip(vertex, lo, hi))
+    return refined, error
 
 
 def _axis_step(sigmas: np.ndarray, values: np.ndarray) -> int:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from gasnet_plugin.emission_lines import C_KMS
 from gasnet_plugin.models.star_templates import StarTemplates
 
-C_KMS = 299792.458
-"""Speed of light, km/s."""
 BASIS = ("B3V (29763)", "A1V (95418)", "A4V (136729)", "F0V (90277)", "F6V (16673)",
          "G1V (95128)", "G8V (101501)", "K0V (10780)", "K1III (18322)", "K3V (32147)",
          "K5III (111335)", "M0III (168720)")

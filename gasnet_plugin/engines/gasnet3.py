@@ -338,8 +338,7 @@ class Gasnet3Engine(RedshiftEngine):
         if n_refit:
             return self._refitted_best(c, pre, lag, np.ones(lag.size, dtype=bool))
         scan = self._scans[c]
-        zwarn = np.zeros(lag.size, dtype=np.int64)
-        zwarn[(lag == 0) | (lag == scan.n_lags - 1)] |= int(ZWarn.Z_AT_EDGE)
+        zwarn = _edge_bits(scan, lag)
         return ClassBest(z=scan.z_lag[lag], zerr=np.full(lag.size, np.nan),
                          chi2=low.double().cpu().numpy(), zwarn=zwarn,
                          coef=np.full((lag.size, scan.n_coef), np.nan), model=None,
@@ -350,8 +349,7 @@ class Gasnet3Engine(RedshiftEngine):
         """Class ``c`` refined exactly from ``lag`` (``(B,)``) for the rows ``use``."""
         scan = self._scans[c]
         fit = refit(scan, pre, lag, use, self.model.obs_loglam[0], refine=True)
-        zwarn = np.zeros(lag.size, dtype=np.int64)
-        zwarn[(fit.lag == 0) | (fit.lag == scan.n_lags - 1)] |= int(ZWarn.Z_AT_EDGE)
+        zwarn = _edge_bits(scan, fit.lag)
         zwarn[~fit.ok] |= int(ZWarn.BAD_FIT)
         zwarn[~use] = 0
         return ClassBest(z=fit.z, zerr=fit.zerr, chi2=fit.chi2, zwarn=zwarn, coef=fit.coef,
@@ -432,6 +430,14 @@ class Gasnet3Engine(RedshiftEngine):
             hit = class_index == c
             out[hit] = scan.z_lag[np.clip(lag[hit], 0, scan.z_lag.size - 1)]
         return out
+
+
+def _edge_bits(scan: ClassScan, lag: np.ndarray) -> np.ndarray:
+    """``(B,)`` int64 ZWARN with ``Z_AT_EDGE`` where ``lag`` is the first or last of the
+    class's scan."""
+    zwarn = np.zeros(lag.size, dtype=np.int64)
+    zwarn[(lag == 0) | (lag == scan.n_lags - 1)] |= int(ZWarn.Z_AT_EDGE)
+    return zwarn
 
 
 def gasnet3_original_outputs(engine: Gasnet3Engine, spectra: EngineInput,

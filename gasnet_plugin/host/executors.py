@@ -269,11 +269,13 @@ class DaskExecutor:
                 futures = client.map(count_spectra, [config] * len(chunks),
                                      [source] * len(chunks), chunks,
                                      [threads] * len(chunks), pure=False)
+                parts: dict[Any, list[int]] = {}
                 with pipeline.progress_bar(len(names), "file", progress,
                                            "gasnet: counting spectra") as bar:
-                    for future in as_completed(futures):
-                        bar.update(len(future.result()))
-                counts = [n for part in client.gather(futures) for n in part]
+                    for future in as_completed(futures):    # each result fetched once
+                        parts[future.key] = future.result()
+                        bar.update(len(parts[future.key]))
+                counts = [n for future in futures for n in parts[future.key]]
                 counts_file.write_text(json.dumps(counts))
             total = int(sum(counts))
             covered = store.covered()

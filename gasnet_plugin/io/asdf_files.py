@@ -64,13 +64,20 @@ _ALIAS = re.compile(rb"(?<![\w'\"])\*[A-Za-z0-9_.-]+")
 def refuse_alias_bombs(path: Path, error: type[Exception]) -> None:
     """Raise ``error`` if the YAML tree of the ASDF file ``path`` holds more than
     :data:`MAX_YAML_ALIASES` aliases (checked on the raw text, before parsing)."""
+    tree = b""
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(64 * 1024 * 1024)
+        with open(path, "rb") as handle:        # the tree only: it ends at "\n...\n"
+            while len(tree) < 64 * 1024 * 1024:
+                chunk = handle.read(1024 * 1024)
+                tree += chunk
+                end = tree.find(b"\n...\n", max(len(tree) - len(chunk) - 4, 0))
+                if end >= 0:
+                    tree = tree[:end]
+                    break
+                if not chunk:
+                    break
     except OSError:
         return                      # the reader reports it
-    end = head.find(b"\n...\n")
-    tree = head if end < 0 else head[:end]
     count = len(_ALIAS.findall(tree))
     if count > MAX_YAML_ALIASES:
         raise error(f"{path}: refused: its tree holds {count:,} YAML aliases (at most "
