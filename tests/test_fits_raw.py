@@ -20,7 +20,7 @@ READERS = PluginHost().readers
 def both_paths(path):
     fast = read_spectra(path, readers=READERS)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(readers_module, "_read_raw", lambda *args: None)
+        patch.setattr(readers_module, "_read_raw", lambda *args: (None, None))
         slow = read_spectra(path, readers=READERS)
     return fast, slow
 
@@ -81,6 +81,6 @@ def test_what_it_cannot_read_goes_the_usual_way(tmp_path):
             return str(exc)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(readers_module, "_read_raw", lambda *args: None)
+        patch.setattr(readers_module, "_read_raw", lambda *args: (None, None))
         usual = outcome(lambda: read_spectra(truncated, readers=READERS))
     assert outcome(lambda: read_spectra(truncated, readers=READERS)) == usual

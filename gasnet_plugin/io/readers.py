@@ -20,6 +20,7 @@ table         tabular FITS: rows of flux/ivar vectors on a shared grid
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -123,13 +124,14 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
     source = str(path)
     if not Path(source).is_file():
         raise UnreadableFileError(f"{source}: {_not_a_file(Path(source))}")
-    fast = _read_raw(source, reader, readers)
+    fast, raw = _read_raw(source, reader, readers)
     if fast is not None:
         return fast
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            with fits.open(source, memmap=False) as hdul:
+            # the bytes already read for the fast path are parsed, not read again
+            with fits.open(source if raw is None else io.BytesIO(raw), memmap=False) as hdul:
                 if reader == "auto":
                     chosen = pick_reader(hdul, source, readers)
                 else:
@@ -151,17 +153,19 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
 
 
 def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
-              ) -> list[Spectrum] | None:
+              ) -> tuple[list[Spectrum] | None, bytes | None]:
     """The spectra from the file's bytes by the first reader with a fast path
     (``identify_raw``/``read_raw``, :mod:`gasnet_plugin.io.fits_raw`) that identifies it
-    (and is the one asked for), or ``None``: then astropy reads the file as always. Any
-    failure here falls back too, so errors are reported by the usual path."""
+    (and is the one asked for), and the bytes read (``None`` if none were); spectra
+    ``None``: astropy reads the file as always. Any failure here falls back too, so errors
+    are reported by the usual path."""
     from gasnet_plugin.io.fits_raw import TruncatedFitsError, read_hdus
 
     candidates = [r for r in readers if hasattr(r, "read_raw")
                   and (reader == "auto" or r.name == reader)]
     if not candidates or source.endswith((".gz", ".fz", ".bz2")):
-        return None
+        return None, None
+    raw = None
     try:
         raw = Path(source).read_bytes()
         try:
@@ -172,16 +176,14 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
             if reader != "auto" and candidate.name != reader:
                 continue
             if not hasattr(candidate, "read_raw"):
-                return None          # an earlier reader without a fast path decides
+                return None, raw     # an earlier reader without a fast path decides
             if candidate.identify_raw(hdus):
-                return candidate.read_raw(raw, hdus, source)
-            if reader == "auto":
-                continue
-        return None
+                return candidate.read_raw(raw, hdus, source), raw
+        return None, raw
     except UnreadableFileError:
         raise
     except Exception:  # anything odd (RawFitsError, ...): astropy's path decides and reports
-        return None
+        return None, raw
 
 
 def _refuse_truncated(source: str, caught: list[warnings.WarningMessage]) -> None:
