@@ -1,12 +1,13 @@
-"""Peak memory against the number of spectra: ``gasnet run`` streams to shards.
+"""Peak memory against the number of spectra: ``gasnet run`` streams to shards and
+writes the archive column by column.
 
 Each run is a fresh process running the default pipeline
 (``example_configs/default.yaml``) through ``Pipeline.run_to_file`` (what ``gasnet run``
-does) on the first N mock spectra of ``--mocks`` (files of 1000 spectra, from
+does) on the first N mock spectra of ``--mocks`` (files of ``--per-file`` spectra, from
 ``gasnet simulate -n 100000 --per-file 1000``); it reports its peak resident memory
-(``ru_maxrss``) and its wall time. The baseline, in a process of its own, is the runner as
-it was before streaming: it keeps every processed batch (spectra on the grid, model,
-residual) until the end, as one archive in memory would need.
+(``ru_maxrss``) and its wall time. The baseline, in processes of their own at the same
+sizes, is the runner as it was before this change: shards streamed, but merged into one
+table in memory and written from there.
 
     gasnet simulate tests/data -n 100000 --per-file 1000 -o /tmp/mocks100k
     python benchmarks/bench_streaming.py --mocks /tmp/mocks100k [--sizes 10000 30000 100000]
@@ -29,36 +30,51 @@ from _common import REPO, machine, table
 CONFIG = REPO / "example_configs" / "default.yaml"
 
 
-def child(files: list[str], hold: bool, threads: int) -> None:
+def merge_in_memory(pipeline, store, files, output, total) -> None:
+    """The merge before column-by-column writing: one table in memory, written by asdf."""
+    from gasnet_plugin.io.archive import RunArchive
+
+    results, _ = store.merge([], expected_rows=total)
+    RunArchive(results=results, run=pipeline.run_info(files, results)).write(output,
+                                                                             overwrite=True)
+
+
+def child(files: list[str], in_memory: bool, threads: int) -> None:
     """Run in this process and print a JSON line: spectra, seconds, peak RSS in MB."""
     import torch
 
     from gasnet_plugin.api import as_config
     from gasnet_plugin.host.runner import Pipeline
+    from gasnet_plugin.io.archive import read_archive
 
     torch.set_num_threads(threads)
     config = as_config(CONFIG)
     config.progress = False
     pipeline = Pipeline(config)
+    write = merge_in_memory if in_memory else Pipeline._write_streamed
+    merge_seconds = []
+
+    def timed_write(*args, **kwargs) -> None:
+        start = time.perf_counter()
+        write(*args, **kwargs)
+        merge_seconds.append(time.perf_counter() - start)
+
+    Pipeline._write_streamed = timed_write
     began = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        if hold:
-            pipeline.setup()
-            kept = []
-            for batch in pipeline.batches(pipeline.read_blocks([Path(f) for f in files])):
-                kept.extend(pipeline.process_batch(batch))
-            n = sum(len(b) for b in kept)
-        else:
-            archive = pipeline.run_to_file(files, Path(folder) / "out.asdf")
-            n = len(archive.results)
+        archive = pipeline.run_to_file(files, Path(folder) / "out.asdf")
+        n = len(archive.results)
+        if in_memory:
+            n = len(read_archive(Path(folder) / "out.asdf", memmap=True).results)
     seconds = time.perf_counter() - began
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"n": n, "seconds": seconds, "peak_mb": peak}))
+    print(json.dumps({"n": n, "seconds": seconds, "peak_mb": peak,
+                      "merge_seconds": sum(merge_seconds)}))
 
 
-def measure(files: list[Path], hold: bool, threads: int) -> dict[str, float]:
+def measure(files: list[Path], in_memory: bool, threads: int) -> dict[str, float]:
     command = [sys.executable, __file__, "--child", "--threads", str(threads),
-               *(["--hold"] if hold else []), *map(str, files)]
+               *(["--in-memory"] if in_memory else []), *map(str, files)]
     done = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -67,44 +83,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mocks", type=Path)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 30_000, 100_000])
-    parser.add_argument("--baseline-size", type=int, default=10_000)
+    parser.add_argument("--per-file", type=int, default=1000)
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="only the streamed runner (e.g. for a 1,000,000 point)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--hold", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.files, args.hold, args.threads)
+        child(args.files, args.in_memory, args.threads)
         return
 
     files = sorted(args.mocks.glob("*.fits"))
-    per_file = 1000
 
     def first(n: int) -> list[Path]:
-        return files[:max(1, n // per_file)]
+        return files[:max(1, n // args.per_file)]
 
+    results: dict[str, dict[int, dict[str, float]]] = {"streamed": {}, "in memory": {}}
+    for n in sorted(args.sizes):
+        results["streamed"][n] = measure(first(n), in_memory=False, threads=args.threads)
+        if not args.no_baseline:
+            results["in memory"][n] = measure(first(n), in_memory=True, threads=args.threads)
     rows = []
-    base = measure(first(args.baseline_size), hold=True, threads=args.threads)
-    streamed = {}
-    for n in sorted(set(args.sizes) | {args.baseline_size}):
-        streamed[n] = measure(first(n), hold=False, threads=args.threads)
-    for n, result in streamed.items():
-        ratio = base["peak_mb"] / result["peak_mb"] if n == args.baseline_size else None
-        rows.append(("streaming (gasnet run)", result["n"], f"{result['peak_mb']:,.0f}",
-                     f"{result['seconds']:.0f}", f"{result['n'] / result['seconds']:,.0f}",
-                     f"{ratio:.2f}x less" if ratio else ""))
-    rows.append(("baseline: batches kept", base["n"], f"{base['peak_mb']:,.0f}",
-                 f"{base['seconds']:.0f}", f"{base['n'] / base['seconds']:,.0f}", "1x"))
+    for n in sorted(args.sizes):
+        new = results["streamed"][n]
+        old = results["in memory"].get(n)
+        rows.append(("archive column by column (gasnet run)", new["n"],
+                     f"{new['peak_mb']:,.0f}", f"{new['seconds']:.0f}",
+                     f"{new['n'] / new['seconds']:,.0f}",
+                     f"{new['merge_seconds'] / new['n'] * 1e6:.0f}",
+                     f"{old['peak_mb'] / new['peak_mb']:.2f}x less" if old else ""))
+        if old:
+            rows.append(("baseline: table merged in memory", old["n"],
+                         f"{old['peak_mb']:,.0f}", f"{old['seconds']:.0f}",
+                         f"{old['n'] / old['seconds']:,.0f}",
+                         f"{old['merge_seconds'] / old['n'] * 1e6:.0f}", "1x"))
     print(f"machine: {machine()}; torch threads per run {args.threads}")
     print(table(rows, ("runner", "spectra", "peak RSS MB", "seconds", "spectra/s",
-                       "memory vs baseline")))
-    sizes = sorted(streamed)
+                       "merge µs/spectrum", "memory vs baseline")))
+    sizes = sorted(args.sizes)
     if len(sizes) > 1:
-        slope = ((streamed[sizes[-1]]["peak_mb"] - streamed[sizes[0]]["peak_mb"])
-                 / (sizes[-1] - sizes[0]) * 1e3)
-        print(f"streaming: +{slope:.2f} MB per 1000 spectra between {sizes[0]:,} and "
-              f"{sizes[-1]:,} (the results table merged at the end); baseline "
-              f"{base['peak_mb'] / base['n'] * 1e3:.0f} MB per 1000 spectra")
+        for name, measured in results.items():
+            if not measured:
+                continue
+            slope = ((measured[sizes[-1]]["peak_mb"] - measured[sizes[0]]["peak_mb"])
+                     / (sizes[-1] - sizes[0]) * 1e3)
+            at_million = measured[sizes[-1]]["peak_mb"] + slope * (1e6 - sizes[-1]) / 1e3
+            print(f"{name}: {slope:+.3f} MB (= kB per spectrum) per 1000 spectra between "
+                  f"{sizes[0]:,} and {sizes[-1]:,}; extrapolated peak at 1,000,000: "
+                  f"{at_million:,.0f} MB")
 
 
 if __name__ == "__main__":

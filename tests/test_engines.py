@@ -19,7 +19,7 @@ from gasnet_plugin.host.config import ConfigError, parse_config
 from gasnet_plugin.host.plugins import PluginHost
 from gasnet_plugin.host.runner import Pipeline
 
-TINY = DATA / "redrock-templates"
+TINY = DATA.parent / "redrock-templates"
 
 
 @pytest.fixture(scope="module")

@@ -87,6 +87,80 @@ def test_streaming_run_equals_in_memory_run(tmp_path):
     assert len(streamed.results) == 8
 
 
+def test_archive_written_column_by_column_equals_the_in_memory_one(tmp_path, many_files):
+    """Without output.arrays the archive is written from the shards column by column (never
+    holding the table): same table bit for bit, same descriptions and units, a valid
+    archive; shards whose columns differ (a failed file's rows lack the stages' columns)
+    are filled as the in-memory merge fills them."""
+    config = as_config(small_config(tmp_path, output={"arrays": []}))
+    files = [*sorted(many_files.glob("c0[0-2]-*")), many_files / "c05-zz-corrupt.fits"]
+    out = tmp_path / "out.asdf"
+    streamed = Pipeline(config).run_to_file(files, out)
+    in_memory = Pipeline(config).run(files)
+    assert_same_archive(streamed, in_memory)
+    on_disk = read_archive(out)                        # validated, checksums checked
+    assert_same_archive(on_disk, in_memory)
+    for name in in_memory.results.colnames:
+        assert on_disk.results[name].description == in_memory.results[name].description
+        assert on_disk.results[name].unit == in_memory.results[name].unit
+    assert on_disk.run.n_failed == in_memory.run.n_failed == 1
+
+
+def test_dask_run_survives_a_killed_worker(tmp_path, many_files):
+    """One of two Dask workers is killed (SIGKILL, by its PID) while it computes a shard:
+    the run finishes, and its archive equals the local run's (no row lost or twice)."""
+    require("distributed", "GASNET_REQUIRE_DASK")
+    import logging
+    import os
+    import threading
+
+    import torch
+    from distributed import Client, LocalCluster
+
+    from gasnet_plugin.host.shards import SHARD_NAME
+
+    files = sorted(many_files.iterdir())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # as the workers: float32 reductions depend on the threads
+    try:
+        local = Pipeline(as_config(small_config(tmp_path, output={"arrays": []}))).run_to_file(
+            files, tmp_path / "local.asdf")
+    finally:
+        torch.set_num_threads(threads)
+    out = tmp_path / "dask.asdf"
+    parts = parts_folder(out)
+    done: dict[str, object] = {}
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.CRITICAL) as cluster, \
+            Client(cluster) as client:
+        config = as_config(small_config(tmp_path, output={"arrays": []}, executor={
+            "name": "dask", "scheduler": cluster.scheduler_address}))
+
+        def run() -> None:
+            try:
+                done["archive"] = Pipeline(config).run_to_file(files, out)
+            except BaseException as exc:  # reported by the assertion below
+                done["error"] = exc
+
+        runner = threading.Thread(target=run)
+        runner.start()
+        victim = None
+        deadline = time.monotonic() + 300
+        while victim is None and time.monotonic() < deadline and runner.is_alive():
+            shards = parts.is_dir() and any(SHARD_NAME.match(p.name) for p in parts.iterdir())
+            busy = [w for w, keys in client.processing().items()
+                    if any("process_shard" in str(k) for k in keys)]
+            if shards and busy:
+                victim = client.run(os.getpid, workers=[busy[0]])[busy[0]]
+                os.kill(victim, signal.SIGKILL)
+            time.sleep(0.05)
+        runner.join(timeout=600)
+    assert victim is not None, "no worker was busy with a shard to kill"
+    assert not runner.is_alive() and "error" not in done, done.get("error")
+    assert_same_archive(local, done["archive"])
+    assert len(done["archive"].results) == len(local.results) == 81
+
+
 def test_reading_from_a_cursor_skips_exactly_the_rows_before_it(tmp_path):
     pipeline = Pipeline(as_config(small_config(tmp_path)))
     files = [DESI_FILE, *LAMOST_FILES, *SDSS_FILES]

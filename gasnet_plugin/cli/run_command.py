@@ -30,6 +30,9 @@ def plural(count: int, singular: str, many: str | None = None) -> str:
 @click.option("--resume", is_flag=True,
               help="Finish a stopped run: keep the shards in OUTPUT.parts/ and compute the "
                    "rest. Same archive as an uninterrupted run.")
+@click.option("--recursive/--no-recursive", default=None,
+              help="Read the FITS files of a folder's sub-folders too (default: the "
+                   "config's recursive, true).")
 @click.option("--progress/--no-progress", default=None,
               help="Show a progress bar over the files (default: on a terminal, >1 file).")
 @click.option("--device", default=None,
@@ -40,7 +43,7 @@ def plural(count: int, singular: str, many: str | None = None) -> str:
               help="Dask scheduler address (implies --executor dask); default: a "
                    "LocalCluster on this machine.")
 def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, resume: bool,
-        progress: bool | None, device: str | None, executor: str | None,
+        recursive: bool | None, progress: bool | None, device: str | None, executor: str | None,
         scheduler: str | None) -> None:
     """Run the pipeline of CONFIG on INPUTS (files, folders or glob patterns).
 
@@ -59,6 +62,8 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
         overrides = settings.as_dict()
         if device is not None:
             overrides["device"] = device
+        if recursive is not None:
+            overrides["recursive"] = recursive
         if scheduler is not None:
             executor = "dask"
             overrides["executor"]["scheduler"] = scheduler

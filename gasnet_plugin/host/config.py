@@ -117,6 +117,8 @@ class PipelineConfig:
 
     stages: list[StageSpec]
     reader: str = "auto"
+    recursive: bool = True
+    read_ahead: int = 2
     batch_size: int = 256
     shard_size: int = 8192
     shard_seconds: float = 60.0
@@ -138,6 +140,8 @@ class PipelineConfig:
         """The configuration in the file's own layout (what the archive records)."""
         return {
             "reader": self.reader,
+            "recursive": self.recursive,
+            "read_ahead": self.read_ahead,
             "batch_size": self.batch_size,
             "shard_size": self.shard_size,
             "shard_seconds": self.shard_seconds,
@@ -178,6 +182,8 @@ def parse_config(raw: Any, source: str = "<dict>") -> PipelineConfig:
     return PipelineConfig(
         stages=stages,
         reader=raw.get("reader", top["reader"]),
+        recursive=raw.get("recursive", top["recursive"]),
+        read_ahead=raw.get("read_ahead", top["read_ahead"]),
         batch_size=raw.get("batch_size", top["batch_size"]),
         shard_size=raw.get("shard_size", top["shard_size"]),
         shard_seconds=float(raw.get("shard_seconds", top["shard_seconds"])),

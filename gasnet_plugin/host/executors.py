@@ -242,6 +242,7 @@ class DaskExecutor:
                               None}), \
                 LocalCluster(n_workers=self.settings.get("n_workers") or os.cpu_count() or 1,
                              threads_per_worker=self.settings.get("threads_per_worker", 1),
+                             memory_limit=self.settings.get("memory_limit", "auto"),
                              processes=True, dashboard_address=None,
                              silence_logs=logging.ERROR) as cluster, \
                 Client(cluster) as client:

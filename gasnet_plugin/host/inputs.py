@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from gasnet_plugin.host.config import ConfigError
+from gasnet_plugin.io.sdss_plate_names import is_companion
 
 SPECTRUM_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 """File names a folder contributes (case-insensitive)."""
@@ -23,26 +25,59 @@ def _is_spectrum_file(path: Path) -> bool:
     return path.name.lower().endswith(SPECTRUM_SUFFIXES)
 
 
-def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+def _folder_files(folder: Path, recursive: bool) -> list[Path]:
+    """The spectrum files of ``folder`` (and of its sub-folders when ``recursive``), sorted
+    by path. Links to folders are not followed (a link loop cannot recurse forever)."""
+    if not recursive:
+        return sorted(p for p in folder.iterdir() if _is_spectrum_file(p))
+    found = []
+    for root, folders, names in os.walk(folder, followlinks=False):
+        found.extend(Path(root) / name for name in names if _is_spectrum_file(Path(name)))
+        # a folder (or a link to one) named like a spectrum file is listed, not entered:
+        # it gets a flagged row saying what it is
+        named_like_files = [name for name in folders if _is_spectrum_file(Path(name))]
+        found.extend(Path(root) / name for name in named_like_files)
+        folders[:] = sorted(name for name in folders if name not in named_like_files)
+    return sorted(found)
+
+
+def _nothing_found(folder: Path, recursive: bool) -> InputError:
+    """The error for a folder without spectrum files, saying what was searched."""
+    suffixes = ", ".join(SPECTRUM_SUFFIXES)
+    if recursive:
+        n_folders = sum(1 for _ in os.walk(folder, followlinks=False))
+        return InputError(f"{folder}: no FITS files ({suffixes}) in it or in its "
+                          f"{n_folders - 1} sub-folder(s), searched recursively")
+    subfolders = [p.name for p in sorted(folder.iterdir()) if p.is_dir()]
+    hint = (f"; it has sub-folders ({', '.join(subfolders[:5])}"
+            f"{', …' if len(subfolders) > 5 else ''}): read them with --recursive"
+            if subfolders else "")
+    return InputError(f"{folder}: no FITS files ({suffixes}) in the folder itself "
+                      f"(not searched recursively){hint}")
+
+
+def expand_inputs(inputs: Sequence[str | Path], recursive: bool = True) -> list[Path]:
     """The input files, in a deterministic order.
 
-    Each item is a file (taken as is), a folder (its FITS files, not recursive, sorted by
-    name) or a glob pattern (its matches, sorted). A file named twice is read once, at its
-    first place.
+    Each item is a file (taken as is), a folder (its FITS files, sorted by path; with
+    ``recursive`` also those of every sub-folder) or a glob pattern (its matches, sorted).
+    A file named twice is read once, at its first place. An ``spZbest``/``spZall`` file
+    whose ``spPlate`` file is also an input is left out: the spPlate reader reads it as
+    its companion (:mod:`gasnet_plugin.io.sdss_legacy_files`).
 
     Raises
     ------
     InputError
-        When an item matches nothing, or nothing is given.
+        When an item matches nothing (the message says what was searched), or nothing is
+        given.
     """
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if _is_spectrum_file(p))
+            found = _folder_files(path, recursive)
             if not found:
-                raise InputError(f"{path}: folder holds no FITS files "
-                                 f"({', '.join(SPECTRUM_SUFFIXES)})")
+                raise _nothing_found(path, recursive)
         elif path.exists() or path.is_symlink():
             found = [path]
         elif glob.has_magic(str(item)):
@@ -54,4 +89,6 @@ def expand_inputs(inputs: Sequence[str | Path]) -> list[Path]:
         files.extend(found)
     if not files:
         raise InputError("no input files given")
-    return list(dict.fromkeys(files))
+    files = list(dict.fromkeys(files))
+    named = set(files)
+    return [f for f in files if not is_companion(f, named)]

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.table import Table
@@ -28,6 +28,7 @@ from gasnet_plugin.host.config import ConfigError, PipelineConfig
 from gasnet_plugin.host.inputs import expand_inputs
 from gasnet_plugin.host.output_guard import OutputLock, check_output_path
 from gasnet_plugin.host.plugins import PluginHost
+from gasnet_plugin.host.read_ahead import read_ahead
 from gasnet_plugin.io.archive import (
     ArchiveError,
     RunArchive,
@@ -36,10 +37,14 @@ from gasnet_plugin.io.archive import (
     count_failed,
     read_archive,
 )
+from gasnet_plugin.io.archive_stream import fill_value
 from gasnet_plugin.io.labels import label_rows, printable_path
 from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
 from gasnet_plugin.stages.base import RunContext, Stage
 from gasnet_plugin.zwarning import ZWarn
+
+if TYPE_CHECKING:
+    from gasnet_plugin.host.shards import ShardStore
 
 CORE_PACKAGES = ("gasnet-plugin", "numpy", "astropy", "specutils", "asdf", "asdf-astropy",
                  "torch", "pluggy")
@@ -55,16 +60,6 @@ def software_versions(plugins: PluginHost) -> dict[str, str]:
             versions[package] = "not installed"
     versions.update(plugins.software_versions())
     return versions
-
-
-def _fill_value(dtype: np.dtype) -> Any:
-    if dtype.kind == "f":
-        return np.nan
-    if dtype.kind in "iu":
-        return -1
-    if dtype.kind == "b":
-        return False
-    return ""
 
 
 def merge_results(tables: Sequence[Table]) -> Table:
@@ -84,7 +79,7 @@ def merge_results(tables: Sequence[Table]) -> Table:
                 parts.append(np.asarray(table[name]))
             else:
                 shape = (len(table), *template.shape[1:])
-                parts.append(np.full(shape, _fill_value(template.dtype), dtype=template.dtype))
+                parts.append(np.full(shape, fill_value(template.dtype), dtype=template.dtype))
         merged[name] = np.concatenate(parts)
     out = Table(merged)
     for name, template in columns.items():
@@ -417,21 +412,41 @@ class Pipeline:
         order forms the same batches as a run from the beginning.
         """
         self.setup()
-        for batch in self.batches(self.read_blocks(files, start, limit, on_file_read)):
+        blocks = read_ahead(self.read_blocks(files, start, limit, on_file_read),
+                            self.config.read_ahead)
+        for batch in self.batches(blocks):
             last = batch.blocks[-1]
             end = Cursor(last.file_index, last.first_row + len(last))
             yield self.output_of(self.process_batch(batch), end)
 
-    def run_info(self, files: Sequence[Path], results: Table) -> RunInfo:
-        """The run record of an archive of ``results`` read from ``files``."""
+    def run_info(self, files: Sequence[Path], results: Table | None = None,
+                 n_spectra: int = 0, n_failed: int = 0) -> RunInfo:
+        """The run record of an archive of ``results`` read from ``files`` (or, for an
+        archive written without holding its table, of the counts given)."""
         return RunInfo(
             config=self.config.as_dict(),
             software=software_versions(self.plugins),
             created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             inputs=[printable_path(str(f)) for f in files],
-            n_spectra=len(results),
-            n_failed=count_failed(results),
+            n_spectra=len(results) if results is not None else n_spectra,
+            n_failed=count_failed(results) if results is not None else n_failed,
         )
+
+    def _write_streamed(self, store: ShardStore, files: Sequence[Path], output: Path,
+                        total: int) -> None:
+        """Write the archive from the shards without holding the results table
+        (:mod:`gasnet_plugin.io.archive_stream`)."""
+        from gasnet_plugin.io.archive import ARCHIVE_SCHEMA_URI
+        from gasnet_plugin.io.archive_stream import StreamedArchiveWriter
+
+        n_failed = 0
+        with StreamedArchiveWriter(store.folder) as writer:
+            for _, results, _ in store.in_order(expected_rows=total):
+                writer.add(results)
+                n_failed += count_failed(results)
+            run = self.run_info(files, n_spectra=writer.n_rows, n_failed=n_failed)
+            writer.write(output, {"results": writer.template(), "run": run},
+                         schema_uri=ARCHIVE_SCHEMA_URI)
 
     def run(self, inputs: Sequence[str | Path], progress: bool | None = None) -> RunArchive:
         """Run the pipeline on files, folders or glob patterns, in this process and in
@@ -448,7 +463,7 @@ class Pipeline:
             Show a progress bar over the files; ``None`` uses the config's ``progress``
             (and, if that is null, shows it for more than one file on a terminal).
         """
-        files = expand_inputs(inputs)
+        files = expand_inputs(inputs, recursive=self.config.recursive)
         with self.progress_bar(len(files), "file", progress) as bar:
             outputs = list(self.stream(files, on_file_read=lambda: bar.update(1)))
         results, arrays = assemble_outputs(outputs, self.archived_arrays)
@@ -521,7 +536,7 @@ class Pipeline:
         from gasnet_plugin.host.executors import get_executor
         from gasnet_plugin.host.shards import ShardStore, parts_folder, same_run
 
-        files = expand_inputs(inputs)
+        files = expand_inputs(inputs, recursive=self.config.recursive)
         resolved = {f.resolve() for f in files}
         if output.resolve() in resolved:
             raise ArchiveError(f"{output}: is one of the inputs; refusing to overwrite it")
@@ -545,10 +560,15 @@ class Pipeline:
             store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
             total = executor.run(self, files, store, progress,
                                  notify or (lambda message: None))
-            results, arrays = store.merge(self.archived_arrays, expected_rows=total)
-            archive = RunArchive(results=results, run=self.run_info(files, results),
-                                 arrays=arrays)
-            archive.write(output, overwrite=True)
+            if self.archived_arrays:     # arrays: the in-memory merge (small runs)
+                results, arrays = store.merge(self.archived_arrays, expected_rows=total)
+                archive = RunArchive(results=results, run=self.run_info(files, results),
+                                     arrays=arrays)
+                archive.write(output, overwrite=True)
+            else:                         # the table only: column by column, memory flat
+                store.check_tiling(expected_rows=total)
+                self._write_streamed(store, files, output, total)
+                archive = read_archive(output, memmap=True)
         except OSError as exc:
             raise ArchiveError(f"{output}: cannot write the results: "
                                f"{exc.strerror or type(exc).__name__}"

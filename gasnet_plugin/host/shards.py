@@ -24,7 +24,7 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ SHARD_SCHEMA_URI = URI_BASE + "schemas/results_shard-1.0.0"
 MANIFEST_NAME = "manifest.json"
 SHARD_NAME = re.compile(r"^shard-(\d{6,})\.asdf$")
 
-RUN_KEYS_FREE_TO_CHANGE = ("executor", "progress", "shard_seconds")
+RUN_KEYS_FREE_TO_CHANGE = ("executor", "progress", "shard_seconds", "read_ahead")
 """Config keys a resumed run may change: they decide where and how visibly the work runs,
 not what it computes."""
 
@@ -220,21 +220,22 @@ class ShardStore:
         """``(first row, rows)`` of every shard on disk, by first row."""
         return [(start, self.record(start)["n_rows"]) for start in self.indices()]
 
-    def merge(self, names: Sequence[str], expected_rows: int | None = None,
-              ) -> tuple[Table, SpectrumArrays | None]:
-        """The results (and archived arrays) of all shards, in row order.
+    def in_order(self, expected_rows: int | None = None,
+                 ) -> Iterator[tuple[dict[str, int], Table, SpectrumArrays | None]]:
+        """Each shard's record, results and arrays, in row order, one shard in memory at
+        a time.
 
         Raises
         ------
         ArchiveError
             If the shards do not tile the rows from 0 (to ``expected_rows`` when given): a
             gap, an overlap, or a shard whose record disagrees with its name or its table
-            (no row lost, none duplicated).
+            (no row lost, none duplicated). Raised before the shard that breaks the tiling
+            is yielded; a missing tail is found at the end.
         """
-        from gasnet_plugin.host.runner import BatchOutput, Cursor, assemble_outputs
-
         indices = self.indices()
-        outputs = []
+        if not indices:
+            raise ArchiveError(f"{self.folder}: no shards to merge")
         next_row = 0
         for index in indices:
             if index != next_row:
@@ -252,17 +253,44 @@ class ShardStore:
                                    f"{record['start_row']} ({len(results)} rows), expected "
                                    f"rows from {next_row}")
             next_row += len(results)
-            outputs.append(BatchOutput(
-                results=results,
-                arrays={} if arrays is None else arrays.arrays,
-                array_axes={} if arrays is None else arrays.axes,
-                loglam=None if arrays is None or arrays.loglam.size == 0 else arrays.loglam,
-                flux_unit="" if arrays is None else arrays.flux_unit,
-                end=Cursor(record["end_file"], record["end_row"])))
-        if not outputs:
+            yield record, results, arrays
+        if expected_rows is not None and next_row != expected_rows:
+            raise ArchiveError(f"{self.folder}: shards hold {next_row} rows, the inputs "
+                               f"{expected_rows}: rows [{next_row}, {expected_rows}) are "
+                               "missing")
+
+    def check_tiling(self, expected_rows: int | None = None) -> None:
+        """Raise :class:`ArchiveError` unless the shards tile the rows (records only: no
+        results are loaded), so a merge never starts on shards that cannot make an
+        archive."""
+        next_row = 0
+        for start, n_rows in self.covered():
+            if start != next_row:
+                raise ArchiveError(f"{self.folder}: rows [{next_row}, {start}) are missing"
+                                   if start > next_row else
+                                   f"{self.folder}: shard from row {start} overlaps rows "
+                                   f"before {next_row}")
+            next_row += n_rows
+        if not next_row:
             raise ArchiveError(f"{self.folder}: no shards to merge")
         if expected_rows is not None and next_row != expected_rows:
             raise ArchiveError(f"{self.folder}: shards hold {next_row} rows, the inputs "
                                f"{expected_rows}: rows [{next_row}, {expected_rows}) are "
                                "missing")
+
+    def merge(self, names: Sequence[str], expected_rows: int | None = None,
+              ) -> tuple[Table, SpectrumArrays | None]:
+        """The results (and archived arrays) of all shards, in row order, in memory (see
+        :meth:`in_order` for the checks; :func:`write_streamed_archive` is the way that
+        does not hold the table)."""
+        from gasnet_plugin.host.runner import BatchOutput, Cursor, assemble_outputs
+
+        outputs = [BatchOutput(
+            results=results,
+            arrays={} if arrays is None else arrays.arrays,
+            array_axes={} if arrays is None else arrays.axes,
+            loglam=None if arrays is None or arrays.loglam.size == 0 else arrays.loglam,
+            flux_unit="" if arrays is None else arrays.flux_unit,
+            end=Cursor(record["end_file"], record["end_row"]))
+            for record, results, arrays in self.in_order(expected_rows)]
         return assemble_outputs(outputs, names)

@@ -182,8 +182,13 @@ def arrays_in_memory(af: asdf.AsdfFile) -> SpectrumArrays | None:
               for k, v in arrays.axes.items()})
 
 
-def read_archive(path: str | os.PathLike[str]) -> RunArchive:
-    """Read and validate a results archive (fully into memory).
+def read_archive(path: str | os.PathLike[str], memmap: bool = False) -> RunArchive:
+    """Read and validate a results archive.
+
+    With ``memmap`` the table's columns are memory-mapped from the file instead of read
+    into memory (what a ten-million-row archive needs): pages are read when a column is
+    used. The schema is validated either way; block checksums only when reading into
+    memory.
 
     Raises
     ------
@@ -195,10 +200,10 @@ def read_archive(path: str | os.PathLike[str]) -> RunArchive:
     if not path.is_file():
         raise ArchiveError(f"{path}: no such file")
     def extract(af: asdf.AsdfFile) -> tuple[Table, Any, SpectrumArrays | None]:
-        return Table(af["results"], copy=True), af["run"], arrays_in_memory(af)
+        return Table(af["results"], copy=not memmap), af["run"], arrays_in_memory(af)
 
     results, run, arrays = read_validated(path, ARCHIVE_SCHEMA_URI, extract, ArchiveError,
-                                          "gasnet results archive")
+                                          "gasnet results archive", memmap=memmap)
     if not isinstance(run, RunInfo):
         raise ArchiveError(f"{path}: 'run' is not a gasnet run record")
     archive = RunArchive(results=results, run=run, arrays=arrays)

@@ -19,6 +19,7 @@ LABEL_COLUMNS: dict[str, tuple[Any, Any, str]] = {
     "HDU": (np.int16, -1, "index of the HDU the spectrum came from (-1: none)"),
     "ROW": (np.int32, -1, "row of the spectrum within its HDU (-1: none)"),
     "TARGETID": (np.int64, -1, "survey target identifier, where the file has one (-1: none)"),
+    "OBJECT": (str, "", "target name as the file gives it (empty if none)"),
     "SURVEY": (str, "", "survey the file comes from (SDSS, DESI, LAMOST; empty if unknown)"),
     "SURVEY_CLASS": (str, "", "class given by the survey pipeline"),
     "SURVEY_SUBCLASS": (str, "", "subclass given by the survey pipeline"),
@@ -26,6 +27,8 @@ LABEL_COLUMNS: dict[str, tuple[Any, Any, str]] = {
     "SURVEY_ZERR": (np.float64, np.nan, "redshift error given by the survey pipeline"),
     "SURVEY_ZWARNING": (np.int64, -1, "survey pipeline redshift warning bits (-1: none)"),
     "SURVEY_SN_MEDIAN_ALL": (np.float32, np.nan, "survey's median S/N per pixel (SDSS)"),
+    "AIR_TO_VACUUM": (np.bool_, False, "the file's wavelengths were in air and were "
+                      "converted to vacuum by the reader"),
 }
 
 
@@ -66,17 +69,32 @@ def label_rows(n: int, source: str, **columns: Any) -> Table:
     if unknown:
         raise KeyError(f"not label columns: {sorted(unknown)}")
     table = Table()
-    for name, (dtype, fill, description) in LABEL_COLUMNS.items():
+    for name, (_, fill, _) in LABEL_COLUMNS.items():
         value = printable_path(source) if name == "SOURCE" else columns.get(name, fill)
-        if np.ndim(value) == 0:
-            value = [_clean(value)] * n
-        else:
-            value = [_clean(v) for v in value]
-            if len(value) != n:
-                raise ValueError(f"column {name}: {len(value)} values for {n} spectra")
-        if dtype is str:
-            table[name] = np.array(value, dtype=str) if n else np.array([], dtype="U1")
-        else:
-            table[name] = np.array(value, dtype=dtype)
-        table[name].description = description
+        table[name] = _label_column(name, value, n)
+        table[name].description = LABEL_COLUMNS[name][2]
     return table
+
+
+def set_labels(rows: Table, **columns: Any) -> None:
+    """Replace label columns of ``rows`` in place (a scalar or one value per row); unlike
+    ``rows[name] = value``, a longer string is not cut to the column's old width."""
+    for name, value in columns.items():
+        if name not in LABEL_COLUMNS:
+            raise KeyError(f"not a label column: {name}")
+        rows.replace_column(name, _label_column(name, value, len(rows)))
+        rows[name].description = LABEL_COLUMNS[name][2]
+
+
+def _label_column(name: str, value: Any, n: int) -> np.ndarray:
+    """The ``n`` values of label column ``name`` from a scalar or a sequence."""
+    dtype = LABEL_COLUMNS[name][0]
+    if np.ndim(value) == 0:
+        value = [_clean(value)] * n
+    else:
+        value = [_clean(v) for v in value]
+        if len(value) != n:
+            raise ValueError(f"column {name}: {len(value)} values for {n} spectra")
+    if dtype is str:
+        return np.array(value, dtype=str) if n else np.array([], dtype="U1")
+    return np.array(value, dtype=dtype)

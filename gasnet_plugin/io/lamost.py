@@ -1,17 +1,17 @@
-"""Reader for LAMOST DR1 1-D spectra, also registered as the specutils loader
-``"LAMOST DR1 1D"`` (specutils has none for LAMOST)::
+"""Reader for LAMOST 1-D spectra (DR1 to DR7 low resolution), also registered as the
+specutils loader ``"LAMOST DR1 1D"`` (specutils has none for LAMOST)::
 
     Spectrum.read("spec-55862-B6212_sp06-003.fits", format="LAMOST DR1 1D")
 
 The primary image is 5 × N: flux, inverse variance, sub-continuum (flux normalised by
 the continuum), and-mask and or-mask. The wavelength grid is log-linear:
 ``log10 λ = COEFF0 + i·COEFF1``. CLASS, SUBCLASS, Z and Z_ERR are header keywords. DR1
-fluxes are only relatively calibrated, so the flux unit is dimensionless.
+fluxes are only relatively calibrated and the file states no unit: none is recorded.
+Wavelengths are vacuum (``VACUUM = T``); a file saying ``VACUUM = F`` is converted.
 """
 
 from __future__ import annotations
 
-import astropy.units as u
 import numpy as np
 from astropy.io import fits
 from specutils import Spectrum
@@ -42,11 +42,12 @@ def lamost_spectrum(hdul: fits.HDUList, source: str) -> Spectrum:
     loglam = header["COEFF0"] + header["COEFF1"] * np.arange(npix)
     mask = data[3] != 0 if data.shape[0] > 3 else None
     rows = label_rows(1, source, SURVEY="LAMOST", HDU=0, ROW=0,
+                      OBJECT=str(header.get("DESIG", "")).strip(),
                       SURVEY_CLASS=header.get("CLASS", ""),
                       SURVEY_SUBCLASS=header.get("SUBCLASS", ""),
                       SURVEY_Z=header.get("Z", np.nan), SURVEY_ZERR=header.get("Z_ERR", np.nan))
-    return build_spectrum(10.0**loglam, data[0], data[1], mask, u.dimensionless_unscaled,
-                          rows, header=header)
+    return build_spectrum(10.0**loglam, data[0], data[1], mask, None, rows,
+                          wavelength_in_air=header.get("VACUUM") is False, header=header)
 
 
 def _identify_lamost(origin, *args, **kwargs) -> bool:

@@ -13,9 +13,19 @@ name          files
 ============  ==================================================================
 sdss-spec     SDSS/BOSS ``spec-PLATE-MJD-FIBER.fits`` (HDU1 coadd, HDU2 labels)
 desi-coadd    DESI ``coadd-*.fits`` (b, r, z arms joined on their common grid)
-lamost-dr1    LAMOST DR1 1-D spectra (also a specutils loader, "LAMOST DR1 1D")
+lamost-dr1    LAMOST 1-D spectra, DR1–DR7 (also a specutils loader, "LAMOST DR1 1D")
+sdss-spspec   SDSS-I/II DR7 ``spSpec`` files (labels in the header)
+sdss-plate    SDSS ``spPlate`` files, labels from the ``spZbest`` file beside them
+eso-1d        ESO SDP 1-D spectra, e.g. 4MOST L1 (also a specutils loader, "ESO SDP 1D")
+aaomega-2df   2dF/AAOmega spectra written by 2dfdr (air wavelengths unless VACUUM = T)
+deep2-spec1d  DEEP2/DEIMOS ``spec1d`` files (blue and red halves joined; air)
 table         tabular FITS: rows of flux/ivar vectors on a shared grid
+specutils     anything specutils' own loader registry identifies (last)
 ============  ==================================================================
+
+Every reader gives vacuum wavelengths (air is converted, and ``AIR_TO_VACUUM`` says so)
+and states the flux unit as the flux's unit (dimensionless when the file states none; the
+resample stage writes it to ``FLUX_UNIT``, empty then).
 """
 
 from __future__ import annotations
@@ -121,9 +131,16 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
         from gasnet_plugin.host.plugins import PluginHost
 
         readers = PluginHost().readers
+    from gasnet_plugin.io.sdss_plate_names import is_redshift_file
+
     source = str(path)
     if not Path(source).is_file():
         raise UnreadableFileError(f"{source}: {_not_a_file(Path(source))}")
+    if is_redshift_file(source):
+        raise UnreadableFileError(
+            f"{source}: an spZbest/spZall file holds the SDSS pipeline's redshifts, not "
+            f"spectra; it is read with its spPlate-PLATE-MJD.fits (give that file, or the "
+            f"folder holding both)")
     fast, raw = _read_raw(source, reader, readers)
     if fast is not None:
         return fast
@@ -195,10 +212,17 @@ def _refuse_truncated(source: str, caught: list[warnings.WarningMessage]) -> Non
 
 @hookimpl
 def gasnet_register_readers(registry: Registry[SpectrumReader]) -> None:
+    from gasnet_plugin.io.aaomega import AaomegaReader
+    from gasnet_plugin.io.deep2 import Deep2Spec1dReader
     from gasnet_plugin.io.desi import DesiCoaddReader
+    from gasnet_plugin.io.eso_sdp import EsoSpectrumReader
     from gasnet_plugin.io.lamost import LamostDR1Reader
     from gasnet_plugin.io.sdss import SdssSpecReader
+    from gasnet_plugin.io.sdss_legacy_files import SdssPlateReader, SdssSpSpecReader
+    from gasnet_plugin.io.specutils_fallback import SpecutilsReader
     from gasnet_plugin.io.tabular import TabularReader
 
-    for reader in (SdssSpecReader(), DesiCoaddReader(), LamostDR1Reader(), TabularReader()):
+    for reader in (SdssSpecReader(), DesiCoaddReader(), LamostDR1Reader(), SdssSpSpecReader(),
+                   SdssPlateReader(), EsoSpectrumReader(), AaomegaReader(),
+                   Deep2Spec1dReader(), TabularReader(), SpecutilsReader()):
         registry.add(reader)

@@ -12,6 +12,9 @@ from astropy.nddata import InverseVariance
 from astropy.table import Table
 from specutils import Spectrum
 
+from gasnet_plugin.io.labels import set_labels
+from gasnet_plugin.io.wavelength_medium import air_to_vacuum
+
 SDSS_FLUX_UNIT = u.Unit("1e-17 erg / (s cm2 Angstrom)")
 """Flux density unit of SDSS, BOSS and DESI spectra."""
 
@@ -48,14 +51,18 @@ def parse_flux_unit(text: str | None, default: u.UnitBase) -> u.UnitBase:
 
 
 def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
-                   mask: np.ndarray | None, flux_unit: u.UnitBase, rows: Table,
-                   **meta: Any) -> Spectrum:
+                   mask: np.ndarray | None, flux_unit: u.UnitBase | None, rows: Table,
+                   wavelength_in_air: bool = False, **meta: Any) -> Spectrum:
     """A Spectrum with an inverse-variance uncertainty, a mask and its label rows.
+
+    Every reader states its flux unit and wavelength medium here, the same way: the unit
+    becomes the flux's (the resample stage writes it to ``FLUX_UNIT``), and the rows'
+    ``AIR_TO_VACUUM`` says whether the wavelengths were converted.
 
     Parameters
     ----------
     wavelength
-        Pixel centres, Å (vacuum or air as the survey gives them), shape ``(P,)``.
+        Pixel centres, Å, shape ``(P,)``: vacuum, or air when ``wavelength_in_air``.
     flux
         Flux density in ``flux_unit``, shape ``(P,)`` or ``(n, P)``.
     ivar
@@ -63,9 +70,14 @@ def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
     mask
         ``True`` where a pixel is bad, same shape as ``flux``; ``None`` for no mask.
     flux_unit
-        Unit of ``flux``.
+        Unit of ``flux``; ``None`` when the file states none (the flux is then
+        dimensionless, and ``FLUX_UNIT`` is empty).
     rows
         Label rows (:func:`gasnet_plugin.io.labels.label_rows`), one per spectrum.
+    wavelength_in_air
+        ``wavelength`` is in air: it is converted to vacuum
+        (:func:`~gasnet_plugin.io.wavelength_medium.air_to_vacuum`) and ``AIR_TO_VACUUM``
+        is set.
     **meta
         Further ``meta`` entries (e.g. the primary ``header``).
     """
@@ -73,9 +85,15 @@ def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
     n_spectra = 1 if flux.ndim == 1 else flux.shape[0]
     if len(rows) != n_spectra:
         raise ValueError(f"{len(rows)} label rows for {n_spectra} spectra")
+    wavelength = np.asarray(wavelength, dtype=np.float64)
+    if wavelength_in_air:
+        wavelength = air_to_vacuum(wavelength)
+    set_labels(rows, AIR_TO_VACUUM=bool(wavelength_in_air))
+    if flux_unit is None:
+        flux_unit = u.dimensionless_unscaled
     return Spectrum(
         flux=flux * flux_unit,
-        spectral_axis=np.asarray(wavelength, dtype=np.float64) * u.AA,
+        spectral_axis=wavelength * u.AA,
         uncertainty=InverseVariance(np.asarray(ivar), unit=flux_unit**-2),
         mask=None if mask is None else np.asarray(mask, dtype=bool),
         meta={"rows": rows, **meta},

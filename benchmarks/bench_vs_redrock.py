@@ -1,0 +1,113 @@
+"""Our default pipeline against Redrock, side by side on the same real spectra, one thread.
+
+On the real BOSS ``spec`` files of ``../shared/data/spectra/sdss_boss`` (``--n`` of them,
+sorted by name), in one process with ``torch.set_num_threads(1)``:
+
+1. **In memory**: the spectra read once; then the time of every stage of the default
+   pipeline (``example_configs/default.yaml``: resample → classify → redshift-scan →
+   reconstruct → subtype → flag-anomaly) against the time of Redrock's zfind through our
+   ``redrock`` engine (Redrock from the ``[redrock]`` extra; its QSO and STAR templates
+   and a galaxy template from the SDSS ``spEigenGal-56436``, as ``bench_engines.py``).
+   Both get the same resampled spectra; template loading is outside the timing.
+2. **From files**: ``Pipeline.run_to_file`` (what ``gasnet run`` does: read, stages,
+   shards, archive) with the default config and with the redrock config, CPU seconds
+   after start-up (models and templates loaded first).
+
+    python benchmarks/bench_vs_redrock.py [--n 80]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch
+from _common import REPO, SHARED, machine, table
+from bench_engines import template_folder
+
+from gasnet_plugin.api import as_config
+from gasnet_plugin.host.batch import SpectrumBatch
+from gasnet_plugin.host.runner import Pipeline
+
+DEFAULT = REPO / "example_configs" / "default.yaml"
+
+
+def redrock_config(templates: Path) -> dict:
+    return {"stages": ["resample", {"redshift-scan": {
+        "engine": "redrock", "engine_params": {"templates": str(templates)}}}],
+            "batch_size": 256, "progress": False}
+
+
+def in_memory(pipeline: Pipeline, files: list[Path], stages: slice) -> tuple[int, float]:
+    """Seconds of the stages in ``stages`` on the spectra of ``files`` (read beforehand;
+    the stages before ``stages`` run untimed)."""
+    pipeline.setup()
+    blocks = list(pipeline.read_blocks(files))
+    warm = SpectrumBatch(blocks[:1])                 # first-call costs outside the timing
+    for stage in pipeline.stages:
+        stage.process(warm)
+    batch = SpectrumBatch(blocks)
+    for stage in pipeline.stages[:stages.start]:
+        stage.process(batch)
+    began = time.process_time()
+    for stage in pipeline.stages[stages]:
+        stage.process(batch)
+    return len(batch), time.process_time() - began
+
+
+def from_files(config, files: list[Path]) -> tuple[int, float]:
+    """CPU seconds of ``run_to_file`` after start-up (the pipeline set up first)."""
+    pipeline = Pipeline(as_config(config))
+    pipeline.config.progress = False
+    pipeline.setup()
+    warm = SpectrumBatch(list(pipeline.read_blocks(files[:1])))
+    for stage in pipeline.stages:
+        stage.process(warm)
+    with tempfile.TemporaryDirectory() as folder:
+        began = time.process_time()
+        archive = pipeline.run_to_file(files, Path(folder) / "out.asdf")
+        return len(archive.results), time.process_time() - began
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=80)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    files = sorted((SHARED / "spectra" / "sdss_boss").glob("spec-*.fits"))[:args.n]
+    templates = template_folder()
+    try:
+        ours_config = as_config(DEFAULT)
+        ours_config.read_ahead = 0          # one thread: nothing to overlap with
+        n, ours = in_memory(Pipeline(ours_config), files, slice(0, None))
+        _, redrock = in_memory(Pipeline(as_config(redrock_config(templates))), files,
+                               slice(1, None))
+        ours_config_files = ours_config.as_dict()
+        n_files, ours_files = from_files(ours_config_files, files)
+        rr_files_config = {**redrock_config(templates), "read_ahead": 0}
+        _, redrock_files = from_files(rr_files_config, files)
+    finally:
+        shutil.rmtree(templates)
+    print(f"machine: {machine()}; one thread")
+    print(f"data: {n} real BOSS spectra from {len(files)} files of "
+          f"{SHARED / 'spectra' / 'sdss_boss'}")
+    rows = [("in memory: default pipeline, all six stages", n, f"{ours:.2f}",
+             f"{ours / n * 1e3:.2f}", f"{redrock / ours:.0f}x faster"),
+            ("in memory: Redrock zfind (redrock engine)", n, f"{redrock:.2f}",
+             f"{redrock / n * 1e3:.1f}", "1x"),
+            ("from files: gasnet run, default pipeline", n_files, f"{ours_files:.2f}",
+             f"{ours_files / n_files * 1e3:.2f}", f"{redrock_files / ours_files:.0f}x faster"),
+            ("from files: gasnet run, redrock engine", n_files, f"{redrock_files:.2f}",
+             f"{redrock_files / n_files * 1e3:.1f}", "1x")]
+    print(table(rows, ("what (CPU time after start-up)", "spectra", "seconds",
+                       "ms/spectrum", "vs Redrock")))
+
+
+if __name__ == "__main__":
+    main()
