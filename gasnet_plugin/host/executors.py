@@ -90,8 +90,11 @@ class LocalExecutor:
         self.settings = settings
 
     def run(self, pipeline: Pipeline, files: Sequence[Path], store: ShardStore,
-            progress: bool | None, notify: Callable[[str], None] = print) -> int:
-        """Write the shards still missing; returns the run's number of rows."""
+            progress: bool | None, notify: Callable[[str], None] = print,
+            on_shard: Callable[[int], None] | None = None) -> int:
+        """Write the shards still missing; returns the run's number of rows.
+        ``on_shard(first_row)`` is called after each shard is written."""
+        on_shard = on_shard or (lambda row: None)
         row, cursor = store.resume_point()
         resumed = row > 0
         if resumed:
@@ -124,11 +127,14 @@ class LocalExecutor:
                 if filled == per_shard or stop.signum is not None \
                         or time.monotonic() - opened >= seconds:
                     store.write(row, pending, names)
+                    if stop.signum is None:
+                        on_shard(row)
                     row, pending, filled, opened = row + filled, [], 0, time.monotonic()
                 if stop.signum is not None:
                     raise RunStopped(stop.signum, row, store.folder)
             if pending:
                 store.write(row, pending, names)
+                on_shard(row)
                 row += filled
             bar.total = done
             bar.refresh()
@@ -249,9 +255,11 @@ class DaskExecutor:
             yield client
 
     def run(self, pipeline: Pipeline, files: Sequence[Path], store: ShardStore,
-            progress: bool | None, notify: Callable[[str], None] = print) -> int:
+            progress: bool | None, notify: Callable[[str], None] = print,
+            on_shard: Callable[[int], None] | None = None) -> int:
         """Count the rows per file, then compute the missing shards on the workers;
-        returns the run's number of rows."""
+        returns the run's number of rows. ``on_shard(first_row)`` is called in the driver
+        as each shard's task completes."""
         from distributed import as_completed
 
         config = pipeline.config.as_dict()
@@ -291,7 +299,10 @@ class DaskExecutor:
                        for (start, n), (f, r) in zip(todo, cursors, strict=True)]
             with pipeline.progress_bar(sum(n for _, n in todo), "spectrum", progress) as bar:
                 for future in as_completed(futures):
-                    bar.update(future.result()["n_rows"])
+                    done = future.result()
+                    bar.update(done["n_rows"])
+                    if on_shard is not None:
+                        on_shard(done["start_row"])
         return total
 
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from astropy.table import Table
@@ -42,9 +42,6 @@ from gasnet_plugin.io.labels import label_rows, printable_path
 from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
 from gasnet_plugin.stages.base import RunContext, Stage
 from gasnet_plugin.zwarning import ZWarn
-
-if TYPE_CHECKING:
-    from gasnet_plugin.host.shards import ShardStore
 
 CORE_PACKAGES = ("gasnet-plugin", "numpy", "astropy", "specutils", "asdf", "asdf-astropy",
                  "torch", "pluggy")
@@ -432,22 +429,6 @@ class Pipeline:
             n_failed=count_failed(results) if results is not None else n_failed,
         )
 
-    def _write_streamed(self, store: ShardStore, files: Sequence[Path], output: Path,
-                        total: int) -> None:
-        """Write the archive from the shards without holding the results table
-        (:mod:`gasnet_plugin.io.archive_stream`)."""
-        from gasnet_plugin.io.archive import ARCHIVE_SCHEMA_URI
-        from gasnet_plugin.io.archive_stream import StreamedArchiveWriter
-
-        n_failed = 0
-        with StreamedArchiveWriter(store.folder) as writer:
-            for _, results, _ in store.in_order(expected_rows=total):
-                writer.add(results)
-                n_failed += count_failed(results)
-            run = self.run_info(files, n_spectra=writer.n_rows, n_failed=n_failed)
-            writer.write(output, {"results": writer.template(), "run": run},
-                         schema_uri=ARCHIVE_SCHEMA_URI)
-
     def run(self, inputs: Sequence[str | Path], progress: bool | None = None) -> RunArchive:
         """Run the pipeline on files, folders or glob patterns, in this process and in
         memory (only results and archived arrays are kept); returns the archive.
@@ -534,7 +515,7 @@ class Pipeline:
                      notify: Callable[[str], None] | None) -> RunArchive:
         """:meth:`run_to_file` under the output's lock."""
         from gasnet_plugin.host.executors import get_executor
-        from gasnet_plugin.host.shards import ShardStore, parts_folder, same_run
+        from gasnet_plugin.host.shards import ShardStore, StreamedMerge, parts_folder, same_run
 
         files = expand_inputs(inputs, recursive=self.config.recursive)
         resolved = {f.resolve() for f in files}
@@ -556,22 +537,30 @@ class Pipeline:
                                f"--resume to finish it or --overwrite to start again")
         executor = get_executor(self.config.executor["name"])(self.config.executor)
         self.setup()           # setup errors before any shard folder exists
+        merge = None
         try:
             store.open(self.config, files, self.config.spectra_per_shard, keep=resume)
+            # the table alone: merged column by column while the run goes (memory flat);
+            # with output.arrays: merged in memory at the end (for small runs)
+            merge = None if self.archived_arrays else StreamedMerge(store)
             total = executor.run(self, files, store, progress,
-                                 notify or (lambda message: None))
-            if self.archived_arrays:     # arrays: the in-memory merge (small runs)
+                                 notify or (lambda message: None),
+                                 on_shard=merge.shard_done if merge else None)
+            if merge is None:
                 results, arrays = store.merge(self.archived_arrays, expected_rows=total)
                 archive = RunArchive(results=results, run=self.run_info(files, results),
                                      arrays=arrays)
                 archive.write(output, overwrite=True)
-            else:                         # the table only: column by column, memory flat
-                store.check_tiling(expected_rows=total)
-                self._write_streamed(store, files, output, total)
+            else:
+                merge.write(output, lambda n, failed: self.run_info(
+                    files, n_spectra=n, n_failed=failed), total)
                 archive = read_archive(output, memmap=True)
         except OSError as exc:
             raise ArchiveError(f"{output}: cannot write the results: "
                                f"{exc.strerror or type(exc).__name__}"
                                f"{f' ({exc.filename})' if exc.filename else ''}") from exc
+        finally:
+            if merge is not None:
+                merge.close()
         store.remove()
         return archive

@@ -24,7 +24,7 @@ import json
 import re
 import shutil
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -242,22 +242,28 @@ class ShardStore:
                 what = (f"rows [{next_row}, {index}) are missing" if index > next_row
                         else f"shard from row {index} overlaps rows before {next_row}")
                 raise ArchiveError(f"{self.folder}: {what}")
-            record, results, arrays = self.read(index)
-            if record.get("run", self.run_id) != self.run_id:
-                raise ArchiveError(f"{self.path(index)}: a shard of another run "
-                                   f"({record.get('run')}, this run is {self.run_id}): "
-                                   "refusing to merge it")
-            if record["index"] != index or record["start_row"] != next_row \
-                    or record["n_rows"] != len(results) or not len(results):
-                raise ArchiveError(f"{self.path(index)}: holds rows from "
-                                   f"{record['start_row']} ({len(results)} rows), expected "
-                                   f"rows from {next_row}")
+            record, results, arrays = self.checked_shard(index)
             next_row += len(results)
             yield record, results, arrays
         if expected_rows is not None and next_row != expected_rows:
             raise ArchiveError(f"{self.folder}: shards hold {next_row} rows, the inputs "
                                f"{expected_rows}: rows [{next_row}, {expected_rows}) are "
                                "missing")
+
+    def checked_shard(self, index: int) -> tuple[dict[str, int], Table, SpectrumArrays | None]:
+        """Shard ``index`` (:meth:`read`), refused unless it is of this run and holds the
+        rows its name says."""
+        record, results, arrays = self.read(index)
+        if record.get("run", self.run_id) != self.run_id:
+            raise ArchiveError(f"{self.path(index)}: a shard of another run "
+                               f"({record.get('run')}, this run is {self.run_id}): "
+                               "refusing to merge it")
+        if record["index"] != index or record["start_row"] != index \
+                or record["n_rows"] != len(results) or not len(results):
+            raise ArchiveError(f"{self.path(index)}: holds rows from "
+                               f"{record['start_row']} ({len(results)} rows), expected "
+                               f"rows from {index}")
+        return record, results, arrays
 
     def check_tiling(self, expected_rows: int | None = None) -> None:
         """Raise :class:`ArchiveError` unless the shards tile the rows (records only: no
@@ -294,3 +300,62 @@ class ShardStore:
             end=Cursor(record["end_file"], record["end_row"]))
             for record, results, arrays in self.in_order(expected_rows)]
         return assemble_outputs(outputs, names)
+
+
+class StreamedMerge:
+    """The archive's table written from the shards without holding it
+    (:class:`~gasnet_plugin.io.archive_stream.StreamedArchiveWriter`), spooled in row order
+    *while the run goes*: each time a shard is written, every shard from the next row on
+    that is on disk is added. So at the end only the spooled columns are copied into the
+    archive, and the merge does not wait for the last worker to start (with many Dask
+    workers the driver, otherwise idle, keeps up with them).
+
+    Use :meth:`shard_done` as the executors' ``on_shard`` callback, then :meth:`write`;
+    :meth:`close` removes the spools.
+    """
+
+    def __init__(self, store: ShardStore) -> None:
+        from gasnet_plugin.io.archive_stream import StreamedArchiveWriter
+
+        self.store = store
+        self.writer = StreamedArchiveWriter(store.folder)
+        self.next_row = 0
+        self.n_failed = 0
+
+    def shard_done(self, start_row: int | None = None) -> None:
+        """A shard was written: add the shards on disk from the next row on, in order."""
+        from gasnet_plugin.io.archive import count_failed
+
+        present = set(self.store.indices())
+        while self.next_row in present:
+            _, results, _ = self.store.checked_shard(self.next_row)
+            self.writer.add(results)
+            self.n_failed += count_failed(results)
+            self.next_row += len(results)
+
+    def write(self, output: Path, run: Callable[[int, int], Any], total: int) -> None:
+        """Write the archive once every shard is there.
+
+        Parameters
+        ----------
+        output
+            The archive.
+        run
+            ``run(n_spectra, n_failed)`` → the run record.
+        total
+            The run's rows.
+        """
+        from gasnet_plugin.io.archive import ARCHIVE_SCHEMA_URI
+
+        self.store.check_tiling(expected_rows=total)
+        self.shard_done()
+        if self.next_row != total:
+            raise ArchiveError(f"{self.store.folder}: merged {self.next_row} rows of "
+                               f"{total}")
+        self.writer.write(output, {"results": self.writer.template(),
+                                   "run": run(self.next_row, self.n_failed)},
+                          schema_uri=ARCHIVE_SCHEMA_URI)
+
+    def close(self) -> None:
+        """Remove the spools."""
+        self.writer.close()
