@@ -104,6 +104,11 @@ def test_archive_written_column_by_column_equals_the_in_memory_one(tmp_path, man
         assert on_disk.results[name].description == in_memory.results[name].description
         assert on_disk.results[name].unit == in_memory.results[name].unit
     assert on_disk.run.n_failed == in_memory.run.n_failed == 1
+    # a few columns memory-mapped without reading the table (what the CLI lists)
+    mapped = streamed.columns(["ZWARN", "ZWARN_REASON", "COEFF"])
+    for name, values in mapped.items():
+        assert np.array_equal(values, np.asarray(in_memory.results[name]),
+                              equal_nan=values.dtype.kind == "f"), name
 
 
 def test_dask_run_survives_a_killed_worker(tmp_path, many_files):
@@ -404,3 +409,24 @@ def test_one_run_per_output_and_no_foreign_shard_merged(tmp_path, many_files):
                    "results": results}).write_to(store.path(4))
     with pytest.raises(ArchiveError, match="a shard of another run"):
         store.merge(["model"])
+
+
+def test_example_dask_config_runs_on_the_fixtures(tmp_path):
+    """example_configs/dask.yaml as a user runs it: a LocalCluster, the fixtures, an
+    archive equal to the default config's local run (same threads per process)."""
+    require("distributed", "GASNET_REQUIRE_DASK")
+    import torch
+
+    from gasnet_plugin.api import run_pipeline
+
+    archive = run_pipeline(REPO / "example_configs" / "dask.yaml", FIXTURES,
+                           tmp_path / "dask.asdf")
+    assert archive.run.config["executor"]["name"] == "dask"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_pipeline(REPO / "example_configs" / "default.yaml", FIXTURES,
+                             tmp_path / "local.asdf")
+    finally:
+        torch.set_num_threads(threads)
+    assert_same_archive(local, archive)

@@ -84,10 +84,12 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
                f"{plural(len(run_info.inputs), 'file')}, {run_info.n_failed} could not be "
                "measured", err=True)
     if run_info.n_failed:
-        results = archive.results
-        fatal = results[(np.asarray(results["ZWARN"]) & int(FATAL)) != 0]
-        for row in fatal[:10]:
-            click.echo(f"  {row['ZWARN_REASON']}", err=True)
+        # two columns, memory-mapped: the archive may hold millions of rows
+        columns = (archive.columns(["ZWARN", "ZWARN_REASON"])
+                   if hasattr(archive, "columns") else archive.results)
+        fatal = np.flatnonzero((np.asarray(columns["ZWARN"]) & int(FATAL)) != 0)
+        for index in fatal[:10]:
+            click.echo(f"  {columns['ZWARN_REASON'][index]}", err=True)
         if len(fatal) > 10:
             click.echo(f"  ... and {len(fatal) - 10} more (see ZWARN_REASON)", err=True)
         sys.exit(EXIT_SOME_FAILED)

@@ -31,6 +31,7 @@ from gasnet_plugin.host.plugins import PluginHost
 from gasnet_plugin.host.read_ahead import read_ahead
 from gasnet_plugin.io.archive import (
     ArchiveError,
+    ArchiveFile,
     RunArchive,
     RunInfo,
     SpectrumArrays,
@@ -552,9 +553,10 @@ class Pipeline:
                                      arrays=arrays)
                 archive.write(output, overwrite=True)
             else:
-                merge.write(output, lambda n, failed: self.run_info(
-                    files, n_spectra=n, n_failed=failed), total)
-                archive = read_archive(output, memmap=True)
+                run = {}
+                merge.write(output, lambda n, failed: run.setdefault("info", self.run_info(
+                    files, n_spectra=n, n_failed=failed)), total)
+                archive = ArchiveFile(output, run["info"])
         except OSError as exc:
             raise ArchiveError(f"{output}: cannot write the results: "
                                f"{exc.strerror or type(exc).__name__}"

@@ -165,6 +165,32 @@ class RunArchive:
         return "\n".join(lines)
 
 
+class ArchiveFile(RunArchive):
+    """An archive on disk whose table is read only when used: what ``run_to_file``
+    returns, so that a run of millions of spectra does not end by reading its whole
+    archive back. ``results`` reads the table (validated) on first use; :meth:`columns`
+    memory-maps a few columns without reading the others."""
+
+    def __init__(self, path: str | os.PathLike[str], run: RunInfo) -> None:
+        self.path = Path(path)
+        self.run = run
+        self.arrays = None
+        self._results: Table | None = None
+
+    @property
+    def results(self) -> Table:  # type: ignore[override]
+        """The whole table, read (and validated) on first use."""
+        if self._results is None:
+            self._results = read_archive(self.path).results
+        return self._results
+
+    def columns(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Memory-mapped columns (:func:`~gasnet_plugin.io.archive_stream.read_columns`)."""
+        from gasnet_plugin.io.archive_stream import read_columns
+
+        return read_columns(self.path, names)
+
+
 def count_failed(results: Table) -> int:
     """Rows with a fatal ``ZWARN`` bit."""
     return int(np.count_nonzero(np.asarray(results["ZWARN"]) & int(FATAL)))

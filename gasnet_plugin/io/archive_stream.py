@@ -204,3 +204,79 @@ class StreamedArchiveWriter:
         out.seek(header_at)
         out.write(_BLOCK_HEADER.pack(0, b"\0\0\0\0", nbytes, nbytes, nbytes, md5.digest()))
         out.seek(end)
+
+
+def _column_dtype(datatype: Any, byteorder: str) -> np.dtype:
+    """The numpy dtype of an ASDF ndarray ``datatype`` (``float64``, ``[ucs4, 12]``, ...)."""
+    order = "<" if byteorder == "little" else ">"
+    if isinstance(datatype, list | tuple):
+        kind, width = datatype
+        return np.dtype(f"{order}U{width}" if kind == "ucs4" else f"S{width}")
+    return np.dtype(str(datatype)).newbyteorder(order)
+
+
+def read_columns(path: str | os.PathLike[str], names: list[str]) -> dict[str, np.ndarray]:
+    """Some columns of an archive's ``results`` table, memory-mapped, without building the
+    table (which reads every column): what a ten-million-row archive needs to list, e.g.,
+    its failed rows.
+
+    Parameters
+    ----------
+    path
+        An archive (uncompressed blocks, as gasnet writes them).
+    names
+        The columns wanted.
+
+    Returns
+    -------
+    dict
+        Name → read-only ``np.memmap`` of shape ``(N, ...)``.
+
+    Raises
+    ------
+    KeyError
+        For a name that is not a column.
+    """
+    path = Path(path)
+    with asdf.open(path, _force_raw_types=True, lazy_load=True, memmap=False) as af:
+        columns = {str(c["name"]): c["data"] for c in af.tree["results"]["columns"]}
+        wanted = {}
+        for name in names:
+            node = columns[name]
+            wanted[name] = (int(node["source"]), _column_dtype(node["datatype"],
+                                                               node["byteorder"]),
+                            tuple(int(n) for n in node["shape"]))
+    offsets = _block_data_offsets(path, max(source for source, _, _ in wanted.values()))
+    return {name: np.memmap(path, dtype=dtype, mode="r", offset=offsets[source], shape=shape)
+            for name, (source, dtype, shape) in wanted.items()}
+
+
+def _block_data_offsets(path: Path, last: int) -> list[int]:
+    """File offsets of the data of blocks 0…``last`` (walking the block headers)."""
+    offsets = []
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 20)
+        start = head.find(_BLOCK_MAGIC)
+        while start < 0 and len(head) == 1 << 20:   # a tree larger than 1 MB
+            more = handle.read(1 << 20)
+            if not more:
+                break
+            position = len(head)
+            head += more
+            start = head.find(_BLOCK_MAGIC, max(position - 4, 0))
+        if start < 0:
+            raise ValueError(f"{path}: no data blocks")
+        position = start
+        for _ in range(last + 1):
+            handle.seek(position)
+            magic = handle.read(4)
+            if magic != _BLOCK_MAGIC:
+                raise ValueError(f"{path}: no block at byte {position}")
+            (header_size,) = struct.unpack(">H", handle.read(2))
+            _flags, compression, allocated, _, _, _ = _BLOCK_HEADER.unpack(
+                handle.read(header_size)[:_BLOCK_HEADER.size])
+            if compression != b"\0\0\0\0":
+                raise ValueError(f"{path}: compressed blocks cannot be memory-mapped")
+            offsets.append(position + 6 + header_size)
+            position += 6 + header_size + allocated
+    return offsets
