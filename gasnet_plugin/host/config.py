@@ -118,7 +118,7 @@ class PipelineConfig:
     stages: list[StageSpec]
     reader: str = "auto"
     recursive: bool = True
-    read_ahead: int = 2
+    read_ahead: int = 0
     batch_size: int = 256
     shard_size: int = 8192
     shard_seconds: float = 60.0

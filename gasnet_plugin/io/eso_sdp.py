@@ -36,11 +36,9 @@ import astropy.units as u
 import numpy as np
 from astropy.io import fits
 from specutils import Spectrum
-from specutils.io.parsing_utils import read_fileobj_or_hdulist
-from specutils.io.registers import data_loader
 
 from gasnet_plugin.io.labels import label_rows
-from gasnet_plugin.io.spectrum import build_spectrum
+from gasnet_plugin.io.spectrum import build_spectrum, register_specutils_loader
 
 ESO_FORMAT = "ESO SDP 1D"
 
@@ -194,21 +192,9 @@ def eso_spectra(hdul: fits.HDUList, source: str) -> list[Spectrum]:
     return spectra
 
 
-def _identify_eso(origin, *args, **kwargs) -> bool:
-    try:
-        with read_fileobj_or_hdulist(*args, **kwargs) as hdul:
-            return is_eso_spectrum(hdul)
-    except Exception:
-        return False
-
-
-@data_loader(ESO_FORMAT, identifier=_identify_eso, dtype=Spectrum,
-             extensions=["fits", "fit"], priority=10)
-def eso_sdp_loader(file_obj, **kwargs) -> Spectrum:
-    """specutils loader for ESO SDP 1-D spectra (the first row of HDU1)."""
-    source = file_obj if isinstance(file_obj, str) else getattr(file_obj, "name", "<hdulist>")
-    with read_fileobj_or_hdulist(file_obj, **kwargs) as hdul:
-        return eso_spectra(hdul, str(source))[0]
+eso_sdp_loader = register_specutils_loader(
+    ESO_FORMAT, is_eso_spectrum, lambda hdul, source: eso_spectra(hdul, source)[0])
+"""specutils loader for ESO SDP 1-D spectra (the first row of HDU1)."""
 
 
 class EsoSpectrumReader:

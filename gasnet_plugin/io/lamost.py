@@ -15,11 +15,9 @@ from __future__ import annotations
 import numpy as np
 from astropy.io import fits
 from specutils import Spectrum
-from specutils.io.parsing_utils import read_fileobj_or_hdulist
-from specutils.io.registers import data_loader
 
 from gasnet_plugin.io.labels import label_rows
-from gasnet_plugin.io.spectrum import build_spectrum
+from gasnet_plugin.io.spectrum import build_spectrum, register_specutils_loader
 
 LAMOST_FORMAT = "LAMOST DR1 1D"
 
@@ -50,21 +48,8 @@ def lamost_spectrum(hdul: fits.HDUList, source: str) -> Spectrum:
                           wavelength_in_air=header.get("VACUUM") is False, header=header)
 
 
-def _identify_lamost(origin, *args, **kwargs) -> bool:
-    try:
-        with read_fileobj_or_hdulist(*args, **kwargs) as hdul:
-            return is_lamost_dr1(hdul)
-    except Exception:
-        return False
-
-
-@data_loader(LAMOST_FORMAT, identifier=_identify_lamost, dtype=Spectrum,
-             extensions=["fits", "fit"], priority=10)
-def lamost_dr1_loader(file_obj, **kwargs) -> Spectrum:
-    """specutils loader for LAMOST DR1 1-D spectra (path, file object or HDUList)."""
-    source = file_obj if isinstance(file_obj, str) else getattr(file_obj, "name", "<hdulist>")
-    with read_fileobj_or_hdulist(file_obj, **kwargs) as hdul:
-        return lamost_spectrum(hdul, str(source))
+lamost_dr1_loader = register_specutils_loader(LAMOST_FORMAT, is_lamost_dr1, lamost_spectrum)
+"""specutils loader for LAMOST 1-D spectra (path, file object or HDUList)."""
 
 
 class LamostDR1Reader:

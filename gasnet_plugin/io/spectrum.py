@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import astropy.units as u
@@ -98,3 +99,43 @@ def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
         mask=None if mask is None else np.asarray(mask, dtype=bool),
         meta={"rows": rows, **meta},
     )
+
+
+def register_specutils_loader(label: str, identifies: Callable[[fits.HDUList], bool],
+                              reads: Callable[[fits.HDUList, str], Spectrum],
+                              ) -> Callable[..., Spectrum]:
+    """Register a reader with specutils' loader registry as format ``label``, so that
+    ``Spectrum.read(path)`` (or ``format=label``) reads its files outside gasnet.
+
+    Parameters
+    ----------
+    label
+        The specutils format name.
+    identifies
+        Whether an open FITS file is of this format.
+    reads
+        The spectrum of an open FITS file (``reads(hdul, source)``).
+
+    Returns
+    -------
+    The registered loader (takes a path, a file object or an ``HDUList``).
+    """
+    from specutils.io.parsing_utils import read_fileobj_or_hdulist
+    from specutils.io.registers import data_loader
+
+    def identify(origin: str, *args: Any, **kwargs: Any) -> bool:
+        try:
+            with read_fileobj_or_hdulist(*args, **kwargs) as hdul:
+                return identifies(hdul)
+        except Exception:
+            return False
+
+    def loader(file_obj: Any, **kwargs: Any) -> Spectrum:
+        source = file_obj if isinstance(file_obj, str) else getattr(file_obj, "name",
+                                                                    "<hdulist>")
+        with read_fileobj_or_hdulist(file_obj, **kwargs) as hdul:
+            return reads(hdul, str(source))
+
+    loader.__doc__ = f"specutils loader for {label!r} files (path, file object or HDUList)."
+    return data_loader(label, identifier=identify, dtype=Spectrum, extensions=["fits", "fit"],
+                       priority=10)(loader)
