@@ -84,9 +84,8 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
                f"{plural(len(run_info.inputs), 'file')}, {run_info.n_failed} could not be "
                "measured", err=True)
     if run_info.n_failed:
-        # two columns, memory-mapped: the archive may hold millions of rows
-        columns = (archive.columns(["ZWARN", "ZWARN_REASON"])
-                   if hasattr(archive, "columns") else archive.results)
+        # two columns (memory-mapped from the file): the archive may hold millions of rows
+        columns = archive.columns(["ZWARN", "ZWARN_REASON"])
         fatal = np.flatnonzero((np.asarray(columns["ZWARN"]) & int(FATAL)) != 0)
         for index in fatal[:10]:
             click.echo(f"  {columns['ZWARN_REASON'][index]}", err=True)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from gasnet_plugin.host.config import ConfigError
-from gasnet_plugin.io.sdss_plate_names import is_companion
+from gasnet_plugin.io.sdss_plate_names import without_companions
 
 SPECTRUM_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz")
 """File names a folder contributes (case-insensitive)."""
@@ -89,6 +89,4 @@ def expand_inputs(inputs: Sequence[str | Path], recursive: bool = True) -> list[
         files.extend(found)
     if not files:
         raise InputError("no input files given")
-    files = list(dict.fromkeys(files))
-    named = set(files)
-    return [f for f in files if not is_companion(f, named)]
+    return without_companions(list(dict.fromkeys(files)))

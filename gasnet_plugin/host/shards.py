@@ -228,27 +228,14 @@ class ShardStore:
         Raises
         ------
         ArchiveError
-            If the shards do not tile the rows from 0 (to ``expected_rows`` when given): a
-            gap, an overlap, or a shard whose record disagrees with its name or its table
-            (no row lost, none duplicated). Raised before the shard that breaks the tiling
-            is yielded; a missing tail is found at the end.
+            Before any shard is loaded, if the shards do not tile the rows
+            (:meth:`check_tiling`); while loading, for a shard of another run or whose
+            table disagrees with its record (:meth:`checked_shard`). No row lost, none
+            duplicated.
         """
-        indices = self.indices()
-        if not indices:
-            raise ArchiveError(f"{self.folder}: no shards to merge")
-        next_row = 0
-        for index in indices:
-            if index != next_row:
-                what = (f"rows [{next_row}, {index}) are missing" if index > next_row
-                        else f"shard from row {index} overlaps rows before {next_row}")
-                raise ArchiveError(f"{self.folder}: {what}")
-            record, results, arrays = self.checked_shard(index)
-            next_row += len(results)
-            yield record, results, arrays
-        if expected_rows is not None and next_row != expected_rows:
-            raise ArchiveError(f"{self.folder}: shards hold {next_row} rows, the inputs "
-                               f"{expected_rows}: rows [{next_row}, {expected_rows}) are "
-                               "missing")
+        self.check_tiling(expected_rows)
+        for index in self.indices():
+            yield self.checked_shard(index)
 
     def checked_shard(self, index: int) -> tuple[dict[str, int], Table, SpectrumArrays | None]:
         """Shard ``index`` (:meth:`read`), refused unless it is of this run and holds the
@@ -287,8 +274,8 @@ class ShardStore:
     def merge(self, names: Sequence[str], expected_rows: int | None = None,
               ) -> tuple[Table, SpectrumArrays | None]:
         """The results (and archived arrays) of all shards, in row order, in memory (see
-        :meth:`in_order` for the checks; :func:`write_streamed_archive` is the way that
-        does not hold the table)."""
+        :meth:`in_order` for the checks; :class:`StreamedMerge` is the way that does not
+        hold the table)."""
         from gasnet_plugin.host.runner import BatchOutput, Cursor, assemble_outputs
 
         outputs = [BatchOutput(

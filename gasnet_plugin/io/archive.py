@@ -127,6 +127,10 @@ class RunArchive:
             raise ArchiveError(f"{path}: archive fails its schema: {exc.message}") from exc
         return write_asdf_atomically(af, path)
 
+    def columns(self, names: list[str]) -> dict[str, np.ndarray]:
+        """Some columns of the results table, by name."""
+        return {name: np.asarray(self.results[name]) for name in names}
+
     def summary(self) -> str:
         """A few lines describing the archive (what ``gasnet info`` prints)."""
         results, run = self.results, self.run
@@ -208,13 +212,9 @@ def arrays_in_memory(af: asdf.AsdfFile) -> SpectrumArrays | None:
               for k, v in arrays.axes.items()})
 
 
-def read_archive(path: str | os.PathLike[str], memmap: bool = False) -> RunArchive:
-    """Read and validate a results archive.
-
-    With ``memmap`` the table's columns are memory-mapped from the file instead of read
-    into memory (what a ten-million-row archive needs): pages are read when a column is
-    used. The schema is validated either way; block checksums only when reading into
-    memory.
+def read_archive(path: str | os.PathLike[str]) -> RunArchive:
+    """Read and validate a results archive (fully into memory; for a few columns of a
+    large one, :meth:`ArchiveFile.columns`).
 
     Raises
     ------
@@ -226,10 +226,10 @@ def read_archive(path: str | os.PathLike[str], memmap: bool = False) -> RunArchi
     if not path.is_file():
         raise ArchiveError(f"{path}: no such file")
     def extract(af: asdf.AsdfFile) -> tuple[Table, Any, SpectrumArrays | None]:
-        return Table(af["results"], copy=not memmap), af["run"], arrays_in_memory(af)
+        return Table(af["results"], copy=True), af["run"], arrays_in_memory(af)
 
     results, run, arrays = read_validated(path, ARCHIVE_SCHEMA_URI, extract, ArchiveError,
-                                          "gasnet results archive", memmap=memmap)
+                                          "gasnet results archive")
     if not isinstance(run, RunInfo):
         raise ArchiveError(f"{path}: 'run' is not a gasnet run record")
     archive = RunArchive(results=results, run=run, arrays=arrays)

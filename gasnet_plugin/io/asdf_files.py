@@ -85,11 +85,10 @@ def refuse_alias_bombs(path: Path, error: type[Exception]) -> None:
 
 
 def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile], T],
-                   error: type[Exception], what: str, memmap: bool = False) -> T:
+                   error: type[Exception], what: str) -> T:
     """Open ``path`` fully into memory, validate it against ``schema_uri`` (asdf 6 does
     not apply a ``custom_schema`` on open by itself) and with block checksums, and return
-    ``extract(af)``. With ``memmap`` the arrays are memory-mapped instead (lazily, and
-    without reading every block for its checksum).
+    ``extract(af)``.
 
     Raises
     ------
@@ -102,8 +101,8 @@ def read_validated(path: Path, schema_uri: str, extract: Callable[[asdf.AsdfFile
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", AsdfWarning)
-            with asdf.open(path, custom_schema=schema_uri, lazy_load=memmap, memmap=memmap,
-                           validate_checksums=not memmap) as af:
+            with asdf.open(path, custom_schema=schema_uri, lazy_load=False, memmap=False,
+                           validate_checksums=True) as af:
                 af.validate()
                 return extract(af)
     except error:

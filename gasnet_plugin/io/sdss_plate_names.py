@@ -9,13 +9,16 @@ PLATE_MJD = re.compile(r"sp(?:Plate|Zbest|Zall)-(\d{4,})-(\d{5})")
 """``spPlate-PLATE-MJD``, ``spZbest-PLATE-MJD``, ``spZall-PLATE-MJD``: plate and MJD."""
 
 
-def is_companion(path: Path, inputs: set[Path]) -> bool:
-    """``path`` is an spZbest/spZall file whose spPlate is among ``inputs``."""
-    match = PLATE_MJD.search(path.name)
-    if not match or path.name.startswith("spPlate"):
-        return False
-    plate = f"spPlate-{match.group(1)}-{match.group(2)}"
-    return any(other.name.startswith(plate) for other in inputs)
+def without_companions(files: list[Path]) -> list[Path]:
+    """``files`` less the spZbest/spZall files whose spPlate (same plate and MJD) is also
+    among them: the spPlate reader reads those as its companions."""
+    def plate_mjd(path: Path) -> tuple[str, str] | None:
+        match = PLATE_MJD.search(path.name)
+        return (match.group(1), match.group(2)) if match else None
+
+    plates = {plate_mjd(f) for f in files if f.name.startswith("spPlate")}
+    return [f for f in files
+            if f.name.startswith("spPlate") or plate_mjd(f) is None or plate_mjd(f) not in plates]
 
 
 def is_redshift_file(path: str | Path) -> bool:
