@@ -32,6 +32,10 @@ MASKED_LINES = (6564.61, 6585.27, 6549.86, 4862.68, 5008.24, 4960.30, 4341.68, 4
 """Rest vacuum wavelengths (Å) of emission lines left out of the continuum fit."""
 MASK_HALF_WIDTH_KMS = 800.0
 """Half width of the pixels left out around each line, km/s."""
+CHUNK_ROWS = 32
+"""Spectra fitted together: the design matrices take ``16 P`` doubles per spectrum (~0.6
+MB), so chunks keep them in cache and a batch's memory small; the results are the same
+bit for bit (each row's products are computed alone)."""
 
 
 def broadened_basis(templates: StarTemplates, names: tuple[str, ...] = BASIS,
@@ -63,6 +67,17 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
         ``(K, N)`` :func:`broadened_basis`, rest frame, first pixel at log10 λ ``loglam0``,
         the same step as ``loglam``.
     """
+    if flux.shape[0] <= CHUNK_ROWS:
+        return _fit_chunk(flux, ivar, loglam, z, basis, loglam0)
+    return np.concatenate([
+        _fit_chunk(flux[start:start + CHUNK_ROWS], ivar[start:start + CHUNK_ROWS], loglam,
+                   z[start:start + CHUNK_ROWS], basis, loglam0)
+        for start in range(0, flux.shape[0], CHUNK_ROWS)])
+
+
+def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
+               basis: np.ndarray, loglam0: float) -> np.ndarray:
+    """:func:`fit_stellar_continuum` of one chunk of rows."""
     n_rows, n_pix = flux.shape
     step = (loglam[-1] - loglam[0]) / (n_pix - 1)
     zs = np.where(np.isfinite(z), z, 0.0)

@@ -251,6 +251,41 @@ def test_same_input_same_output(engine, reference):
         np.testing.assert_array_equal(a[name], b[name])
 
 
+def test_chunked_measure_equals_one_chunk(reference):
+    """A batch measured in chunks of rows (``chunk_rows``) gives every row the result it
+    gets measured with all the others: same classes and flags, numbers to float32
+    precision, every class's best and the χ² curves in row order."""
+    rows = {name: np.concatenate([reference["MIXED"][name], reference["QSO10"][name]])
+            for name in ("flux", "ivar")}
+    spectra = EngineInput(rows["flux"], rows["ivar"], reference["grid"], want_curves=True)
+    results = {}
+    for size in (3, 1000):
+        scanner = Gasnet3Engine(chunk_rows=size)
+        scanner.setup()
+        results[size] = scanner.measure(spectra)
+    chunked, whole = results[3], results[1000]
+    assert len(rows["flux"]) > 3
+    np.testing.assert_array_equal(chunked.zwarn, whole.zwarn)
+    for name, column in whole.columns.items():
+        if column.dtype.kind in "fc":
+            np.testing.assert_allclose(chunked.columns[name], column, rtol=1e-5, atol=1e-4,
+                                       err_msg=name)
+        else:
+            np.testing.assert_array_equal(chunked.columns[name], column, err_msg=name)
+    for name, best in whole.class_best.items():
+        np.testing.assert_allclose(chunked.class_best[name].z, best.z, rtol=1e-6)
+        np.testing.assert_allclose(chunked.class_best[name].chi2, best.chi2, rtol=1e-5)
+        np.testing.assert_allclose(chunked.class_best[name].model, best.model, rtol=1e-4,
+                                   atol=1e-4 * np.nanmax(np.abs(best.model)))
+    for name, curve in whole.curves.items():
+        np.testing.assert_allclose(chunked.curves[name], curve, rtol=1e-4)
+    for bit, reason in whole.reasons.items():
+        if isinstance(reason, str):
+            assert chunked.reasons[bit] == reason
+        else:
+            np.testing.assert_array_equal(chunked.reasons[bit], reason)
+
+
 # -- the stages in the pipeline --------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ the ``gasnet_register_engines`` hook and are chosen by name in the redshift-scan
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -84,6 +85,20 @@ class ClassBest:
     n_lags: int
     n_coef: int
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[ClassBest]) -> ClassBest:
+        """The best solutions of consecutive row chunks, stacked in row order."""
+        first = parts[0]
+        return cls(
+            z=np.concatenate([p.z for p in parts]),
+            zerr=np.concatenate([p.zerr for p in parts]),
+            chi2=np.concatenate([p.chi2 for p in parts]),
+            zwarn=np.concatenate([p.zwarn for p in parts]),
+            coef=np.concatenate([p.coef for p in parts]),
+            model=None if any(p.model is None for p in parts)
+            else np.concatenate([p.model for p in parts]),
+            n_lags=first.n_lags, n_coef=first.n_coef)
+
 
 @dataclass
 class EngineResult:
@@ -120,6 +135,44 @@ class EngineResult:
     curves: dict[str, np.ndarray] = field(default_factory=dict)
     curve_z: dict[str, np.ndarray] = field(default_factory=dict)
     class_best: dict[str, ClassBest] = field(default_factory=dict)
+
+    @classmethod
+    def concatenate(cls, parts: Sequence[EngineResult]) -> EngineResult:
+        """The results of consecutive row chunks of one batch, stacked in row order (what
+        an engine that measures a batch in chunks returns).
+
+        A reason given as one text by every chunk that has it stays one text; otherwise
+        it becomes one text per row (a chunk without it gives the bit's name, as the
+        stage would).
+        """
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        sizes = [p.zwarn.size for p in parts]
+        reasons: dict[int, str | np.ndarray] = {}
+        for bit in dict.fromkeys(k for p in parts for k in p.reasons):
+            given = [p.reasons.get(bit) for p in parts]
+            texts = {g for g in given if isinstance(g, str)}
+            if len(texts) == 1 and all(g is None or isinstance(g, str) for g in given):
+                reasons[bit] = texts.pop()
+                continue
+            default = ZWarn(bit).name if bit in ZWarn._value2member_map_ else str(bit)
+            reasons[bit] = np.concatenate([
+                np.asarray(g, dtype=object) if g is not None and not isinstance(g, str)
+                else np.full(n, default if g is None else g, dtype=object)
+                for g, n in zip(given, sizes, strict=True)])
+        return cls(
+            columns={name: np.concatenate([np.asarray(p.columns[name]) for p in parts])
+                     for name in first.columns},
+            zwarn=np.concatenate([p.zwarn for p in parts]),
+            reasons=reasons,
+            model=None if any(p.model is None for p in parts)
+            else np.concatenate([p.model for p in parts]),
+            curves={name: np.concatenate([p.curves[name] for p in parts])
+                    for name in first.curves},
+            curve_z=first.curve_z,
+            class_best={name: ClassBest.concatenate([p.class_best[name] for p in parts])
+                        for name in first.class_best})
 
 
 class RedshiftEngine:
