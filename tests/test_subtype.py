@@ -126,3 +126,24 @@ def test_the_stage_fills_subtype_and_the_line_columns(subtyped):
     # no lines measured on stars, no template fitted to galaxies and QSOs
     assert np.all(np.isnan(np.asarray(results["HALPHA_FLUX"])[stars]))
     assert np.all(np.isnan(np.asarray(results["STAR_TEMPLATE_RCHI2"])[~stars]))
+
+
+def test_galaxy_continuum_in_chunks_equals_one_fit(monkeypatch):
+    """The stellar continuum fitted in chunks of rows is the one fitted all at once, bit
+    for bit (each row's normal equations are its own)."""
+    import gasnet_plugin.stellar_continuum as continuum
+
+    templates = load_star_templates("default")
+    basis = continuum.broadened_basis(templates)
+    rng = np.random.default_rng(3)
+    loglam = np.log10(3700.0) + templates.dloglam * np.arange(3000)
+    n_rows = 2 * continuum.CHUNK_ROWS + 5
+    flux = (1 + 0.1 * rng.standard_normal((n_rows, loglam.size))).astype(np.float32)
+    ivar = rng.uniform(0.5, 2.0, flux.shape).astype(np.float32)
+    z = rng.uniform(0.0, 0.4, n_rows)
+    z[4] = np.nan
+    chunked = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
+    monkeypatch.setattr(continuum, "CHUNK_ROWS", 10 * n_rows)
+    whole = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
+    assert np.isnan(chunked[4]).all() and np.isfinite(chunked[0]).any()
+    np.testing.assert_array_equal(chunked, whole)
