@@ -156,7 +156,7 @@ class EngineResult:
             if len(texts) == 1 and all(g is None or isinstance(g, str) for g in given):
                 reasons[bit] = texts.pop()
                 continue
-            default = ZWarn(bit).name if bit in ZWarn._value2member_map_ else str(bit)
+            default = ZWarn(bit).name or str(bit)
             reasons[bit] = np.concatenate([
                 np.asarray(g, dtype=object) if g is not None and not isinstance(g, str)
                 else np.full(n, default if g is None else g, dtype=object)
