@@ -18,7 +18,8 @@ def without_companions(files: list[Path]) -> list[Path]:
 
     plates = {plate_mjd(f) for f in files if f.name.startswith("spPlate")}
     return [f for f in files
-            if f.name.startswith("spPlate") or plate_mjd(f) is None or plate_mjd(f) not in plates]
+            if f.name.startswith("spPlate") or (key := plate_mjd(f)) is None
+            or key not in plates]
 
 
 def is_redshift_file(path: str | Path) -> bool:
