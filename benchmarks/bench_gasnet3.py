@@ -108,7 +108,8 @@ def main() -> None:
 
     rows = []
     engines = {}
-    for label, params in (("gasnet3 engine (default: refit 3)", {}),
+    for label, params in (("gasnet3 engine (default: refit 3, chunks of 64)", {}),
+                          ("gasnet3 engine, the batch as one chunk", {"chunk_rows": args.batch}),
                           ("gasnet3 scan only (n_refit 0)", {"n_refit": 0})):
         engine = Gasnet3Engine(**params)
         engine.setup(device=args.device)
