@@ -16,7 +16,7 @@ from conftest import DATA, REPO, SDSS_FILES
 from gasnet_plugin.api import run_pipeline
 from gasnet_plugin.cli import main
 from gasnet_plugin.engines.eigen_preprocess import Preprocessed
-from gasnet_plugin.engines.eigen_refit import refit
+from gasnet_plugin.engines.eigen_refit import ROW_BLOCK, fit_at_lags, refit
 from gasnet_plugin.engines.gasnet3 import Gasnet3Engine, gasnet3_original_outputs
 from gasnet_plugin.engines.protocol import EngineInput
 from gasnet_plugin.host.config import ConfigError, parse_config
@@ -211,6 +211,30 @@ def test_refit_finds_the_subpixel_minimum_with_honest_errors(engine):
     assert abs(np.median(fit.z) - z_true) < 0.2 * pixel          # the grid: 0.37 pixel
     pull = (fit.z - np.median(fit.z)) / fit.zerr
     assert 0.7 < np.std(pull) < 1.4
+
+
+def test_exact_fits_equal_a_float64_least_squares(engine, reference):
+    """The refit's fits at lag − 1, lag, lag + 1 (formed ROW_BLOCK rows at a time) equal
+    numpy's weighted least squares in float64 on every row: χ² and coefficients."""
+    scan = engine._scans[1]
+    rows = reference["QSO10"]
+    repeat = -(-(2 * ROW_BLOCK + 3) // len(rows))
+    flux = np.tile(rows["flux"], (repeat, 1)).astype(np.float32)
+    ivar = np.tile(rows["ivar"], (repeat, 1)).astype(np.float32)
+    f = (flux - flux.mean(axis=1, keepdims=True)) / flux.std(axis=1, keepdims=True)
+    lags = np.random.default_rng(3).integers(1, scan.n_lags - 1, size=len(f))
+    chis, coefs = fit_at_lags(scan, torch.from_numpy(f), torch.from_numpy(ivar), lags)
+    eigen = scan.eigenvectors.numpy().astype(np.float64)
+    n_obs = f.shape[1]
+    for i in range(len(f)):
+        for offset in range(3):
+            x = eigen[:, lags[i] - 1 + offset:lags[i] - 1 + offset + n_obs]
+            sw = np.sqrt(ivar[i].astype(np.float64))
+            a, *_ = np.linalg.lstsq((x * sw).T, f[i] * sw, rcond=None)
+            chi2 = np.sum(ivar[i] * (f[i] - a @ x) ** 2)
+            np.testing.assert_allclose(chis[i, offset], chi2, rtol=1e-4)
+            np.testing.assert_allclose(coefs[offset][i].numpy(), a, rtol=1e-3,
+                                       atol=1e-3 * np.abs(a).max())
 
 
 def test_measure_beats_the_pixel_grid_end_to_end(engine):

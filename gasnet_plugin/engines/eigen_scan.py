@@ -10,6 +10,7 @@ coefficient space with precomputed transforms of the eigenspectra).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -213,3 +214,9 @@ class ClassScan:
     def n_lags(self) -> int:
         """Redshift trials of the class's scan (S)."""
         return int(self.z_lag.size)
+
+    @cached_property
+    def padded_eigenvectors(self) -> torch.Tensor:
+        """:attr:`eigenvectors` with one zero pixel at each end, ``(K, L + 2)`` (the exact
+        refit's windows reach one pixel beyond the lags)."""
+        return torch.nn.functional.pad(self.eigenvectors, (1, 1))
