@@ -28,7 +28,8 @@ import numpy as np
 from _common import REPO, SHARED, machine, table
 
 from gasnet_plugin.api import as_config, run_pipeline
-from gasnet_plugin.engines.gasnet3 import Gasnet3Engine, gasnet3_original_outputs
+from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
+from gasnet_plugin.engines.gasnet3_reference import gasnet3_original_outputs
 from gasnet_plugin.engines.protocol import EngineInput
 from gasnet_plugin.metrics import class_accuracy, confusion_matrix, redshift_metrics
 

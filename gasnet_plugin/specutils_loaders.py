@@ -24,8 +24,16 @@ the file's labels in ``meta["rows"]``.
 
 from __future__ import annotations
 
-from gasnet_plugin.io.eso_sdp import ESO_FORMAT, eso_sdp_loader
-from gasnet_plugin.io.lamost import LAMOST_FORMAT, lamost_dr1_loader
+from gasnet_plugin.io.eso_sdp import ESO_FORMAT, eso_spectra, is_eso_spectrum
+from gasnet_plugin.io.lamost import LAMOST_FORMAT, is_lamost_dr1, lamost_spectrum
+from gasnet_plugin.io.spectrum import register_specutils_loader
+
+lamost_dr1_loader = register_specutils_loader(LAMOST_FORMAT, is_lamost_dr1, lamost_spectrum)
+"""specutils loader for LAMOST 1-D spectra (path, file object or HDUList)."""
+
+eso_sdp_loader = register_specutils_loader(
+    ESO_FORMAT, is_eso_spectrum, lambda hdul, source: eso_spectra(hdul, source)[0])
+"""specutils loader for ESO SDP 1-D spectra (the first row of HDU1)."""
 
 FORMATS = (LAMOST_FORMAT, ESO_FORMAT)
 """The specutils format names this module registers."""

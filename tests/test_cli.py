@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -44,6 +46,21 @@ def test_stages_are_listed_in_pipeline_order():
     builtin = ["resample", "classify", "redshift-scan", "reconstruct", "subtype",
                "flag-anomaly"]
     assert order[:len(builtin)] == builtin
+
+
+def test_listing_plugins_loads_no_heavy_library():
+    """``gasnet stages`` (every stage, engine and reader registered and described) imports
+    neither torch, specutils nor numba: they load when a stage or engine first runs, so
+    the command starts in a fraction of a second instead of seconds."""
+    script = ("import sys\n"
+              "from gasnet_plugin.cli import main\n"
+              "main(['stages', '--json'], standalone_mode=False)\n"
+              "print('LOADED', *sorted(m for m in ('torch', 'specutils', 'numba') "
+              "if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True)
+    assert '"gasnet3"' in done.stdout and '"resample"' in done.stdout
+    assert done.stdout.splitlines()[-1] == "LOADED"
 
 
 def test_info_evaluate_and_anomalies_on_archives(tmp_path):

@@ -60,7 +60,10 @@ def test_lamost_dr1_reader_and_specutils_loader(path):
     assert row["SURVEY_Z"] == pytest.approx(header["Z"])
     wave = spectrum.spectral_axis.to_value(u.AA)
     np.testing.assert_allclose(np.log10(wave[0]), header["COEFF0"], atol=1e-6)
-    # the specutils data loader we register reads the same spectrum
+    # the specutils data loader that gasnet_plugin.specutils_loaders registers reads the
+    # same spectrum
+    import gasnet_plugin.specutils_loaders  # noqa: F401
+
     loaded = Spectrum.read(path, format="LAMOST DR1 1D")
     np.testing.assert_array_equal(loaded.flux.value, spectrum.flux.value)
 

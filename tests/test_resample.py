@@ -11,15 +11,11 @@ from specutils import SpectralAxis, Spectrum
 from specutils.manipulation import FluxConservingResampler
 
 from gasnet_plugin.api import process_spectra
+from gasnet_plugin.flux_rebinning import pixel_edges, rebin_flux_conserving
 from gasnet_plugin.host.batch import InputBlock, SpectrumBatch
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.readers import read_spectra
-from gasnet_plugin.stages.resample import (
-    ResampleStage,
-    loglam_grid,
-    pixel_edges,
-    rebin_flux_conserving,
-)
+from gasnet_plugin.stages.resample import ResampleStage, loglam_grid
 from gasnet_plugin.zwarning import ZWarn
 
 FLAM = u.Unit("1e-17 erg / (s cm2 Angstrom)")

@@ -26,12 +26,16 @@ flux-calibrated); the file states no unit, and none is recorded.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import build_spectrum
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 
 def _extension(hdul: fits.HDUList, name: str) -> fits.hdu.base.ExtensionHDU | None:

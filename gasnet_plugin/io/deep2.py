@@ -10,12 +10,16 @@ per hour, not flux-calibrated, so no flux unit is recorded. ``OBJNO`` names the 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import build_spectrum
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 EXTRACTIONS = ("BXSPF", "HORNE")
 """Extraction HDU prefixes in the order they are preferred."""

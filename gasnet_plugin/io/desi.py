@@ -8,12 +8,16 @@ A pixel no arm measured validly is masked with ivar 0.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import SDSS_FLUX_UNIT, build_spectrum, parse_flux_unit
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 ARMS = ("B", "R", "Z")
 

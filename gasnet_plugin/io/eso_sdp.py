@@ -1,5 +1,5 @@
-"""Reader for ESO 1-D spectra in the science-data-product (SDP) layout, also registered as
-the specutils loader ``"ESO SDP 1D"``.
+"""Reader for ESO 1-D spectra in the science-data-product (SDP) layout, also the specutils
+loader ``"ESO SDP 1D"`` that :mod:`gasnet_plugin.specutils_loaders` registers.
 
 This is how ESO's archive delivers every reduced 1-D spectrum (UVES, X-shooter, FORS,
 VIMOS/LEGA-C, GIRAFFE, …) and how 4MOST delivers its L1 spectra (ESO Science Data
@@ -31,14 +31,17 @@ by the spectral axis's UCD: ``TUCDn = 'em.wl;obs.atmos'`` is air (converted to v
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
-from gasnet_plugin.io.spectrum import build_spectrum, register_specutils_loader
+from gasnet_plugin.io.spectrum import build_spectrum
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 ESO_FORMAT = "ESO SDP 1D"
 
@@ -190,11 +193,6 @@ def eso_spectra(hdul: fits.HDUList, source: str) -> list[Spectrum]:
             ivar[order].astype(np.float32), mask[order], flux_unit, rows,
             wavelength_in_air=in_air, header=hdul[0].header))
     return spectra
-
-
-eso_sdp_loader = register_specutils_loader(
-    ESO_FORMAT, is_eso_spectrum, lambda hdul, source: eso_spectra(hdul, source)[0])
-"""specutils loader for ESO SDP 1-D spectra (the first row of HDU1)."""
 
 
 class EsoSpectrumReader:

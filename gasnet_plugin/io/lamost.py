@@ -1,6 +1,8 @@
-"""Reader for LAMOST 1-D spectra (DR1 to DR7 low resolution), also registered as the
-specutils loader ``"LAMOST DR1 1D"`` (specutils has none for LAMOST)::
+"""Reader for LAMOST 1-D spectra (DR1 to DR7 low resolution), also the specutils loader
+``"LAMOST DR1 1D"`` that :mod:`gasnet_plugin.specutils_loaders` registers (specutils has
+none for LAMOST)::
 
+    import gasnet_plugin.specutils_loaders
     Spectrum.read("spec-55862-B6212_sp06-003.fits", format="LAMOST DR1 1D")
 
 The primary image is 5 × N: flux, inverse variance, sub-continuum (flux normalised by
@@ -12,12 +14,16 @@ Wavelengths are vacuum (``VACUUM = T``); a file saying ``VACUUM = F`` is convert
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
-from gasnet_plugin.io.spectrum import build_spectrum, register_specutils_loader
+from gasnet_plugin.io.spectrum import build_spectrum
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 LAMOST_FORMAT = "LAMOST DR1 1D"
 
@@ -46,10 +52,6 @@ def lamost_spectrum(hdul: fits.HDUList, source: str) -> Spectrum:
                       SURVEY_Z=header.get("Z", np.nan), SURVEY_ZERR=header.get("Z_ERR", np.nan))
     return build_spectrum(10.0**loglam, data[0], data[1], mask, None, rows,
                           wavelength_in_air=header.get("VACUUM") is False, header=header)
-
-
-lamost_dr1_loader = register_specutils_loader(LAMOST_FORMAT, is_lamost_dr1, lamost_spectrum)
-"""specutils loader for LAMOST 1-D spectra (path, file object or HDUList)."""
 
 
 class LamostDR1Reader:

@@ -13,9 +13,10 @@ never turned into objects, only the six label columns are read.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.fits_raw import RawFitsError, RawHDU, column_names, read_columns
 from gasnet_plugin.io.labels import label_rows
@@ -25,6 +26,9 @@ from gasnet_plugin.io.spectrum import (
     find_column,
     parse_flux_unit,
 )
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 _REQUIRED_COLUMNS = {"loglam", "flux", "ivar"}
 _LABELS = (("CLASS", "SURVEY_CLASS"), ("SUBCLASS", "SURVEY_SUBCLASS"), ("Z", "SURVEY_Z"),

@@ -25,14 +25,17 @@ one row per fibre: the spZbest file is read as the spPlate's companion, not as a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.sdss_plate_names import PLATE_MJD
 from gasnet_plugin.io.spectrum import SDSS_FLUX_UNIT, build_spectrum, parse_flux_unit
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 SPEC_CLN = {0: ("UNKNOWN", ""), 1: ("STAR", ""), 2: ("GALAXY", ""), 3: ("QSO", ""),
             4: ("QSO", "HIZ_QSO"), 5: ("SKY", ""), 6: ("STAR", "STAR_LATE"),

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
-from astropy.nddata import InverseVariance
-from astropy.table import Table
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import set_labels
 from gasnet_plugin.io.wavelength_medium import air_to_vacuum
+
+if TYPE_CHECKING:
+    from astropy.table import Table
+    from specutils import Spectrum
 
 SDSS_FLUX_UNIT = u.Unit("1e-17 erg / (s cm2 Angstrom)")
 """Flux density unit of SDSS, BOSS and DESI spectra."""
@@ -82,6 +83,10 @@ def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
     **meta
         Further ``meta`` entries (e.g. the primary ``header``).
     """
+    # specutils and astropy.nddata load when the first spectrum is built, not at import
+    from astropy.nddata import InverseVariance
+    from specutils import Spectrum
+
     flux = np.asarray(flux)
     n_spectra = 1 if flux.ndim == 1 else flux.shape[0]
     if len(rows) != n_spectra:
@@ -120,6 +125,7 @@ def register_specutils_loader(label: str, identifies: Callable[[fits.HDUList], b
     -------
     The registered loader (takes a path, a file object or an ``HDUList``).
     """
+    from specutils import Spectrum
     from specutils.io.parsing_utils import read_fileobj_or_hdulist
     from specutils.io.registers import data_loader
 

@@ -24,16 +24,18 @@ identifies but cannot turn into a wavelength-calibrated spectrum (a catalogue re
 from __future__ import annotations
 
 import warnings
+from typing import TYPE_CHECKING
 
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
 from astropy.io import registry as io_registry
-from astropy.nddata import InverseVariance
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import build_spectrum
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 GENERIC_FORMATS = ("tabular-fits", "wcs1d-fits")
 """specutils formats that identify almost any table or image: tried last."""
@@ -43,6 +45,8 @@ OWN_FORMATS = ("LAMOST DR1 1D", "ESO SDP 1D")
 
 def specutils_formats(hdul: fits.HDUList) -> list[str]:
     """The specutils formats that identify ``hdul``, specific ones first."""
+    from specutils import Spectrum
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -64,6 +68,8 @@ def _in_air(spectrum: Spectrum, header: fits.Header) -> bool:
 
 def _inverse_variance(spectrum: Spectrum, flux: np.ndarray) -> np.ndarray:
     """Inverse variance of ``flux`` in the flux unit squared⁻¹ (see the module docstring)."""
+    from astropy.nddata import InverseVariance
+
     if spectrum.uncertainty is not None:
         ivar = spectrum.uncertainty.represent_as(InverseVariance)
         unit = ivar.unit
@@ -119,6 +125,8 @@ class SpecutilsReader:
         return bool(specutils_formats(hdul))
 
     def read(self, hdul: fits.HDUList, source: str) -> list[Spectrum]:
+        from specutils import Spectrum
+
         errors = []
         for specutils_format in specutils_formats(hdul):
             try:

@@ -19,13 +19,17 @@ absent).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import astropy.units as u
 import numpy as np
 from astropy.io import fits
-from specutils import Spectrum
 
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import build_spectrum, find_column, parse_flux_unit
+
+if TYPE_CHECKING:
+    from specutils import Spectrum
 
 GRID_COLUMNS = ("input_grid", "loglam", "wavelength")
 LABEL_SOURCES = {"CLASS": "SURVEY_CLASS", "SUBCLASS": "SURVEY_SUBCLASS", "Z": "SURVEY_Z",

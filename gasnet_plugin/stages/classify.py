@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from gasnet_plugin import hookimpl
-from gasnet_plugin.models.gasnet2 import check_grid
 from gasnet_plugin.stages.base import RunContext, Stage
 
 if TYPE_CHECKING:
@@ -89,11 +88,15 @@ class ClassifyStage(Stage):
                                           chunk=self.params["chunk"])
 
     def check_grid(self, loglam: np.ndarray) -> None:
+        from gasnet_plugin.models.gasnet2 import check_grid
+
         for predictor in (self.predictor, self.regressor):
             if predictor is not None:
                 check_grid(predictor.model, loglam)
 
     def process(self, batch: SpectrumBatch) -> None:
+        from gasnet_plugin.models.gasnet2 import check_grid
+
         if batch.spectrum is None:
             raise RuntimeError("classify needs the resample stage before it")
         if self.predictor is None:
