@@ -72,7 +72,8 @@ def from_files(config, files: list[Path]) -> tuple[int, float]:
     with tempfile.TemporaryDirectory() as folder:
         began = time.process_time()
         archive = pipeline.run_to_file(files, Path(folder) / "out.asdf")
-        return len(archive.results), time.process_time() - began
+        seconds = time.process_time() - began
+        return archive.run.n_spectra, seconds       # (reading the table back: untimed)
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from conftest import SDSS_FILES
 
 import gasnet_plugin.io.readers as readers_module
@@ -42,6 +43,28 @@ def test_fast_sdss_path_equals_astropy_path(path):
         assert list(rows_a[name]) == list(rows_b[name]), name
         assert rows_a[name].dtype.kind == rows_b[name].dtype.kind, name
     assert dict(a.meta["header"]) == dict(b.meta["header"])
+
+
+@pytest.mark.parametrize("path", SDSS_FILES[:2], ids=lambda p: p.name)
+def test_header_cards_hold_astropys_values(path):
+    """Every value card of every HDU, parsed on demand, has astropy's value (strings
+    without trailing blanks), and the data of each HDU start where astropy finds them."""
+    hdus = read_hdus(path.read_bytes())
+    with fits.open(path) as hdul:
+        assert len(hdus) == len(hdul)
+        for raw, hdu in zip(hdus, hdul, strict=True):
+            assert raw.data_start == hdu.fileinfo()["datLoc"]
+            expected = {card.keyword: card.value for card in hdu.header.cards
+                        if card.keyword not in ("COMMENT", "HISTORY", "", "CONTINUE")}
+            assert set(raw.cards) == set(expected)
+            for keyword, value in expected.items():
+                got = raw.cards[keyword]
+                if isinstance(value, str):
+                    assert got == value.rstrip(), keyword
+                elif isinstance(value, float):
+                    assert got == pytest.approx(value, rel=1e-15), keyword
+                else:
+                    assert got == value and type(got) is type(value), keyword
 
 
 def test_columns_match_astropy_including_scaled_and_string_columns():

@@ -158,3 +158,25 @@ def test_defaults_are_filled_and_recorded():
     assert pipeline.stages[0].params["dloglam"] == 1e-4
     assert config.as_dict()["batch_size"] == 256
     assert parse_config(config.as_dict()).as_dict() == config.as_dict()
+
+
+def test_a_run_sets_the_collector_and_restores_it_even_on_error(tmp_path):
+    """``run_to_file`` runs with the collector at RUN_THRESHOLDS and gives the caller back
+    its own thresholds afterwards, also when the run fails."""
+    import gc
+
+    from gasnet_plugin.host import collector
+
+    seen = []
+    before = gc.get_threshold()
+    pipeline = Pipeline(parse_config({"stages": ["resample"], "progress": False}))
+
+    def failing_run(*args, **kwargs):
+        seen.append(gc.get_threshold())
+        raise RuntimeError("stopped")
+
+    pipeline._run_to_file = failing_run
+    with pytest.raises(RuntimeError, match="stopped"):
+        pipeline.run_to_file([tmp_path], tmp_path / "out.asdf")
+    assert seen == [collector.RUN_THRESHOLDS]
+    assert gc.get_threshold() == before

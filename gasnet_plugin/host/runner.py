@@ -506,9 +506,11 @@ class Pipeline:
             this config and these inputs.
         """
 
+        from gasnet_plugin.host.collector import run_collector
+
         output = Path(output)
         check_output_path(output)
-        with OutputLock(output):
+        with OutputLock(output), run_collector():
             return self._run_to_file(inputs, output, resume, overwrite, progress, notify)
 
     def _run_to_file(self, inputs: Sequence[str | Path], output: Path, resume: bool,

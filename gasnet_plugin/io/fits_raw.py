@@ -17,6 +17,7 @@ behaviour never differs, only speed.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,30 +43,49 @@ class TruncatedFitsError(RawFitsError):
 _VALUE = re.compile(r"^\s*(?:'((?:[^']|'')*)'|([^/]*))")
 
 
-def parse_cards(text: str) -> dict[str, str | int | float | bool]:
-    """Keyword → value of the value cards of a header's text (strings without their
-    quotes and trailing blanks, numbers as int or float, T/F as bool)."""
-    cards: dict[str, str | int | float | bool] = {}
-    for start in range(0, len(text), CARD):
-        card = text[start:start + CARD]
-        if card[8:10] != "= ":
-            continue
-        match = _VALUE.match(card[10:])
-        if match.group(1) is not None:
-            cards[card[:8].rstrip()] = match.group(1).replace("''", "'").rstrip()
-            continue
-        word = (match.group(2) or "").strip()
-        if word in ("T", "F"):
-            cards[card[:8].rstrip()] = word == "T"
-            continue
+def parse_value(field: str) -> str | int | float | bool:
+    """The value of a card from its value field (the text after ``"= "``): a string without
+    its quotes and trailing blanks, a number as int or float, T/F as bool."""
+    match = _VALUE.match(field)
+    if match.group(1) is not None:
+        return match.group(1).replace("''", "'").rstrip()
+    word = (match.group(2) or "").strip()
+    if word in ("T", "F"):
+        return word == "T"
+    try:
+        return int(word)
+    except ValueError:
         try:
-            cards[card[:8].rstrip()] = int(word)
+            return float(word.replace("D", "E"))
         except ValueError:
-            try:
-                cards[card[:8].rstrip()] = float(word.replace("D", "E"))
-            except ValueError:
-                cards[card[:8].rstrip()] = word
-    return cards
+            return word
+
+
+class HeaderCards(Mapping[str, "str | int | float | bool"]):
+    """Keyword → value of the value cards of a header's text, each value parsed
+    (:func:`parse_value`) when first asked for: a BOSS HDU2 has ~900 cards, of which a
+    reader needs a few dozen. A keyword given twice keeps its last value."""
+
+    def __init__(self, text: str) -> None:
+        self._fields = {text[i:i + 8].rstrip(): text[i + 10:i + CARD]
+                        for i in range(0, len(text), CARD) if text[i + 8:i + 10] == "= "}
+        self._values: dict[str, str | int | float | bool] = {}
+
+    def __getitem__(self, keyword: str) -> str | int | float | bool:
+        if keyword not in self._values:
+            self._values[keyword] = parse_value(self._fields[keyword])
+        return self._values[keyword]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+
+def parse_cards(text: str) -> dict[str, str | int | float | bool]:
+    """Keyword → value of the value cards of a header's text (:func:`parse_value`)."""
+    return dict(HeaderCards(text))
 
 
 @dataclass
@@ -73,7 +93,7 @@ class RawHDU:
     """One HDU: its header's text and cards, and where its data lie in the file's bytes."""
 
     text: str
-    cards: dict[str, str | int | float | bool]
+    cards: HeaderCards
     data_start: int
     data_size: int
 
@@ -91,18 +111,14 @@ def read_hdus(raw: bytes) -> list[RawHDU]:
         raise RawFitsError("not a plain FITS file")
     hdus, position = [], 0
     while position + BLOCK <= len(raw):
-        end = -1
-        for block in range(position, len(raw) - BLOCK + 1, BLOCK):
-            chunk = raw[block:block + BLOCK]
-            at = next((k for k in range(0, BLOCK, CARD) if chunk[k:k + CARD] == _END), -1)
-            if at >= 0:
-                end = block + at
-                break
-        if end < 0:
+        end = raw.find(_END, position)            # the END card: the first one on a card
+        while end >= 0 and (end - position) % CARD:   # boundary (a string value may hold it)
+            end = raw.find(_END, end + 1)
+        start = position + -(-(end + CARD - position) // BLOCK) * BLOCK   # data start
+        if end < 0 or start > len(raw):                      # END only in whole blocks
             raise RawFitsError("a header without END")
         text = raw[position:end + CARD].decode("ascii")
-        header = parse_cards(text)
-        start = position + -(-(end + CARD - position) // BLOCK) * BLOCK
+        header = HeaderCards(text)
         naxis = int(header.get("NAXIS", 0))
         size = 0
         if naxis:
