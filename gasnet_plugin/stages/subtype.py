@@ -65,6 +65,7 @@ class SubtypeStage(Stage):
         super().__init__(**params)
         self.templates: StarTemplates | None = None
         self.galaxy_basis: np.ndarray | None = None
+        self._blas: Any = None          # threadpoolctl.ThreadpoolController, on first use
 
     def setup(self, context: RunContext) -> None:
         from gasnet_plugin.host.config import ConfigError
@@ -83,11 +84,14 @@ class SubtypeStage(Stage):
         self.galaxy_basis = broadened_basis(self.templates)
 
     def process(self, batch: SpectrumBatch) -> None:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
 
         # one BLAS thread: matrix products then sum in one order, so a spectrum's result
-        # is bit for bit the same on a laptop, a Dask worker or a resumed run
-        with threadpool_limits(limits=1, user_api="blas"):
+        # is bit for bit the same on a laptop, a Dask worker or a resumed run (the
+        # controller is found once: finding the libraries reads /proc, ~2 ms a call)
+        if self._blas is None:
+            self._blas = ThreadpoolController()
+        with self._blas.limit(limits=1, user_api="blas"):
             self._process(batch)
 
     def _process(self, batch: SpectrumBatch) -> None:
