@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     from gasnet_plugin.host.batch import SpectrumBatch
     from gasnet_plugin.host.registry import Registry
+    from gasnet_plugin.stages.base import RunContext
 
 
 def loglam_grid(wavelength_min: float, wavelength_max: float, dloglam: float) -> np.ndarray:
@@ -102,6 +103,11 @@ class ResampleStage(Stage):
             from gasnet_plugin.host.config import ConfigError
 
             raise ConfigError("stage 'resample': wavelength_max must exceed wavelength_min")
+
+    def setup(self, context: RunContext) -> None:
+        from gasnet_plugin.flux_rebinning import load_kernels
+
+        load_kernels()          # numba loads here, once, not with the plugin or the first batch
 
     @property
     def loglam(self) -> np.ndarray:
