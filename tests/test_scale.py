@@ -286,6 +286,24 @@ def test_resume_after_a_crash_before_the_merge(tmp_path):
     assert_same_archive(archive, Pipeline(config).run(FIXTURES))
 
 
+def test_a_resumed_run_validates_the_shards_it_takes_up(tmp_path):
+    """A run reads the shards it wrote back without validating them again; shards left by
+    a stopped run are validated when a resumed run takes them up: one that is a readable
+    ASDF file but not a results shard is refused, naming the file."""
+    import asdf
+
+    config = as_config(small_config(tmp_path))
+    out = tmp_path / "out.asdf"
+    stop_before_merge(Pipeline(config), FIXTURES, out)
+    store = ShardStore(parts_folder(out))
+    with asdf.open(store.path(4)) as af:
+        record = dict(af["shard"])
+    asdf.AsdfFile({"shard": record, "results": "not a table"}).write_to(store.path(4))
+    with pytest.raises(ArchiveError, match=r"shard-000004\.asdf: not a valid gasnet "
+                                           r"results shard"):
+        Pipeline(config).run_to_file(FIXTURES, out, resume=True)
+
+
 def test_resume_refuses_other_config_or_inputs(tmp_path):
     out = tmp_path / "out.asdf"
     config = as_config(small_config(tmp_path))
