@@ -180,3 +180,20 @@ def test_a_run_sets_the_collector_and_restores_it_even_on_error(tmp_path):
         pipeline.run_to_file([tmp_path], tmp_path / "out.asdf")
     assert seen == [collector.RUN_THRESHOLDS]
     assert gc.get_threshold() == before
+
+
+def test_overlapping_collector_blocks_restore_once_the_last_leaves():
+    """Dask tasks in threads of one worker overlap: the first block in sets the run's
+    thresholds, the last one out restores the caller's."""
+    import gc
+
+    from gasnet_plugin.host.collector import RUN_THRESHOLDS, run_collector
+
+    before = gc.get_threshold()
+    outer, inner = run_collector(), run_collector()
+    outer.__enter__()
+    inner.__enter__()
+    outer.__exit__(None, None, None)            # the first in leaves first
+    assert gc.get_threshold() == RUN_THRESHOLDS
+    inner.__exit__(None, None, None)
+    assert gc.get_threshold() == before

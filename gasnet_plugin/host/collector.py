@@ -8,14 +8,16 @@ walks every object alive, the models and libraries included. Measured on 800 rea
 ``spec`` files (``gasnet run``, one core), that is ~15 % of the CPU time of the run
 (7.96 → 6.74 ms per spectrum with :data:`RUN_THRESHOLDS`).
 
-:func:`run_collector` raises the thresholds for the duration of a run and restores them
-after. Cycles are still collected, only in larger steps (a full pass every 10⁸ net
-allocations), so memory stays bounded (``benchmarks/bench_streaming.py``).
+:func:`run_collector` raises the thresholds for the duration of a run (``gasnet run``, and
+each Dask task in its worker) and restores them after. Cycles are still collected, only in
+larger steps (a full pass every 10⁸ net allocations), so memory stays bounded
+(``benchmarks/bench_streaming.py``).
 """
 
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,12 +26,27 @@ RUN_THRESHOLDS = (50_000, 20, 100)
 allocations, middle every 20 of those, full every 100 middle ones."""
 
 
+_lock = threading.Lock()
+_depth = 0
+_before: tuple[int, ...] = ()
+
+
 @contextmanager
 def run_collector() -> Iterator[None]:
-    """The collector at :data:`RUN_THRESHOLDS` inside the block, as before after it."""
-    before = gc.get_threshold()
-    gc.set_threshold(*RUN_THRESHOLDS)
+    """The collector at :data:`RUN_THRESHOLDS` inside the block, as before after it.
+
+    Blocks may nest or overlap in threads (Dask tasks sharing a worker process): the
+    thresholds are set by the first to enter and restored by the last to leave."""
+    global _depth, _before
+    with _lock:
+        if _depth == 0:
+            _before = gc.get_threshold()
+            gc.set_threshold(*RUN_THRESHOLDS)
+        _depth += 1
     try:
         yield
     finally:
-        gc.set_threshold(*before)
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                gc.set_threshold(*_before)

@@ -174,14 +174,16 @@ def process_shard(config: dict[str, Any], source: str, files: list[str], start_r
     """Dask task: compute the shard of ``limit`` run rows from ``start_row`` (at cursor
     ``(start_file, start_in_file)``) and write it to ``folder`` (replacing a shard a
     failed attempt of this task may have written)."""
+    from gasnet_plugin.host.collector import run_collector
     from gasnet_plugin.host.runner import Cursor
     from gasnet_plugin.host.shards import ShardStore
 
     pipeline = _worker_pipeline(config, source, threads)
     store = ShardStore(folder, limit)
-    outputs = list(pipeline.stream([Path(f) for f in files], Cursor(start_file, start_in_file),
-                                   limit=limit))
-    store.write(start_row, outputs, pipeline.archived_arrays)
+    with run_collector():
+        outputs = list(pipeline.stream([Path(f) for f in files],
+                                       Cursor(start_file, start_in_file), limit=limit))
+        store.write(start_row, outputs, pipeline.archived_arrays)
     return {"start_row": start_row, "n_rows": sum(len(o) for o in outputs)}
 
 
