@@ -79,22 +79,28 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
                basis: np.ndarray, loglam0: float) -> np.ndarray:
     """:func:`fit_stellar_continuum` of one chunk of rows."""
     n_rows, n_pix = flux.shape
+    n_stars, n_rest = basis.shape
     step = (loglam[-1] - loglam[0]) / (n_pix - 1)
     zs = np.where(np.isfinite(z), z, 0.0)
     start = np.round((loglam[0] - np.log10(1 + zs) - loglam0) / step).astype(np.int64)
+    # each spectrum's stars: one contiguous window of the zero-padded basis (pixels beyond
+    # the templates are 0 and not covered), taken from the sliding windows (a row copy per
+    # star and spectrum, not an element-wise gather)
+    offset = np.clip(start + n_pix, 0, n_rest + n_pix)
     padded = np.pad(basis, ((0, 0), (n_pix, n_pix)))
-    index = np.clip(start[:, None] + n_pix + np.arange(n_pix)[None, :], 0,
-                    padded.shape[1] - 1)                                     # (B, P)
-    stars = padded[:, index].transpose(1, 0, 2)                              # (B, K, P)
+    windows = np.lib.stride_tricks.sliding_window_view(padded, n_pix, axis=1)  # (K, ., P)
+    design = np.empty((n_rows, n_stars + POLY_DEGREE + 1, n_pix))            # (B, D, P)
+    design[:, :n_stars] = windows[:, offset].transpose(1, 0, 2)
     x = np.linspace(-1, 1, n_pix)
-    poly = np.broadcast_to(np.stack([x**k for k in range(POLY_DEGREE + 1)]),
-                           (n_rows, POLY_DEGREE + 1, n_pix))
-    design = np.concatenate([stars, poly], axis=1)                           # (B, D, P)
-    rest = 10.0 ** loglam[None, :] / (1 + zs)[:, None]
+    design[:, n_stars:] = np.stack([x**k for k in range(POLY_DEGREE + 1)])
+    template_pixel = start[:, None] + np.arange(n_pix)[None, :]
+    covered = (template_pixel >= 0) & (template_pixel < n_rest)               # (B, P)
+    # left out: pixels within MASK_HALF_WIDTH_KMS of an emission line (in ln λ, rest frame)
+    ln_rest = np.log(10.0) * loglam[None, :] - np.log1p(zs)[:, None]
     far = np.ones((n_rows, n_pix), dtype=bool)
+    half_width = MASK_HALF_WIDTH_KMS / C_KMS
     for line in MASKED_LINES:
-        far &= np.abs(C_KMS * np.log(rest / line)) > MASK_HALF_WIDTH_KMS
-    covered = (stars != 0).all(axis=1)
+        far &= np.abs(ln_rest - np.log(line)) > half_width
     w = np.where(far & covered & np.isfinite(flux), ivar, 0.0).astype(np.float64)
     weighted = design * w[:, None, :]
     normal = np.matmul(weighted, design.transpose(0, 2, 1))
@@ -102,6 +108,6 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     scale = np.einsum("bii->b", normal)[:, None, None] / normal.shape[1]
     normal = normal + 1e-9 * np.maximum(scale, 1e-300) * np.eye(normal.shape[1])
     coefficients = np.linalg.solve(normal, rhs[..., None])[..., 0]
-    continuum = np.einsum("bd,bdp->bp", coefficients, design)
+    continuum = (coefficients[:, None, :] @ design)[:, 0]
     enough = (w > 0).sum(axis=1) > 4 * design.shape[1]
     return np.where((enough & np.isfinite(z))[:, None] & covered, continuum, np.nan)
