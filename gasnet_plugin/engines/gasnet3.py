@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from gasnet_plugin.models.eigen_model import EigenModel
     from gasnet_plugin.stages.base import RunContext
 
+
 class Gasnet3Engine(RedshiftEngine):
     """GaSNet-III eigenspectra χ² scan with sub-pixel refit, ZERR, DELTACHI2 and candidates."""
 
@@ -166,6 +167,7 @@ class Gasnet3Engine(RedshiftEngine):
                                       spectra.ivar[start:start + size],
                                       spectra.loglam, spectra.want_curves))
             for start in range(0, n_rows, size)])
+
     def _empty_result(self, spectra: EngineInput) -> EngineResult:
         """A result for zero spectra with the usual columns, dtypes and shapes (measured on
         one flat placeholder spectrum and cut to zero rows)."""
