@@ -4,7 +4,8 @@ The encoder's χ² curve finds where a class fits; this fits the class's ``K`` e
 coefficients exactly (ivar-weighted linear least squares) at a lag and its two neighbours,
 walks downhill to a better lag if a neighbour fits better, and puts a parabola through the
 three χ² values: its vertex gives the sub-pixel redshift and its curvature the redshift
-error (Δχ² = 1). Batched torch; loops run over walk steps and window positions only.
+error (Δχ² = 1). Batched torch; loops run over walk steps, window positions and blocks of
+:data:`ROW_BLOCK` spectra (whose ``(rows, K, N)`` products stay in cache) only.
 """
 
 from __future__ import annotations
