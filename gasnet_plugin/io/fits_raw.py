@@ -83,11 +83,6 @@ class HeaderCards(Mapping[str, "str | int | float | bool"]):
         return len(self._fields)
 
 
-def parse_cards(text: str) -> dict[str, str | int | float | bool]:
-    """Keyword → value of the value cards of a header's text (:func:`parse_value`)."""
-    return dict(HeaderCards(text))
-
-
 @dataclass
 class RawHDU:
     """One HDU: its header's text and cards, and where its data lie in the file's bytes."""
