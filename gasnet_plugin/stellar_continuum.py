@@ -67,19 +67,22 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
         ``(K, N)`` :func:`broadened_basis`, rest frame, first pixel at log10 λ ``loglam0``,
         the same step as ``loglam``.
     """
+    n_pix = flux.shape[1]
+    padded = np.pad(basis, ((0, 0), (n_pix, n_pix)))     # zeros beyond the templates, once
     if flux.shape[0] <= CHUNK_ROWS:
-        return _fit_chunk(flux, ivar, loglam, z, basis, loglam0)
+        return _fit_chunk(flux, ivar, loglam, z, padded, loglam0)
     return np.concatenate([
         _fit_chunk(flux[start:start + CHUNK_ROWS], ivar[start:start + CHUNK_ROWS], loglam,
-                   z[start:start + CHUNK_ROWS], basis, loglam0)
+                   z[start:start + CHUNK_ROWS], padded, loglam0)
         for start in range(0, flux.shape[0], CHUNK_ROWS)])
 
 
 def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
-               basis: np.ndarray, loglam0: float) -> np.ndarray:
-    """:func:`fit_stellar_continuum` of one chunk of rows."""
+               padded: np.ndarray, loglam0: float) -> np.ndarray:
+    """:func:`fit_stellar_continuum` of one chunk of rows; ``padded`` is the basis with
+    ``P`` zero pixels at each end, ``(K, N + 2P)``."""
     n_rows, n_pix = flux.shape
-    n_stars, n_rest = basis.shape
+    n_stars, n_rest = padded.shape[0], padded.shape[1] - 2 * n_pix
     step = (loglam[-1] - loglam[0]) / (n_pix - 1)
     zs = np.where(np.isfinite(z), z, 0.0)
     start = np.round((loglam[0] - np.log10(1 + zs) - loglam0) / step).astype(np.int64)
@@ -87,7 +90,6 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     # the templates are 0 and not covered), taken from the sliding windows (a row copy per
     # star and spectrum, not an element-wise gather)
     offset = np.clip(start + n_pix, 0, n_rest + n_pix)
-    padded = np.pad(basis, ((0, 0), (n_pix, n_pix)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, n_pix, axis=1)  # (K, ., P)
     design = np.empty((n_rows, n_stars + POLY_DEGREE + 1, n_pix))            # (B, D, P)
     design[:, :n_stars] = windows[:, offset].transpose(1, 0, 2)
