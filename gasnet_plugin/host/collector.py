@@ -4,9 +4,10 @@ Reading a survey file makes and drops a few thousand small container objects (as
 tables and columns, units, the specutils ``Spectrum`` and its WCS). With the interpreter's
 default thresholds (a young-generation collection every 700 net allocations, a full one
 after every 100 of those) the collector runs hundreds of times per file and each full pass
-walks every object alive, the models and libraries included. Measured on 800 real BOSS
-``spec`` files (``gasnet run``, one core), that is ~15 % of the CPU time of the run
-(7.96 → 6.74 ms per spectrum with :data:`RUN_THRESHOLDS`).
+walks every object alive, the models and libraries included. ``benchmarks/bench_collector.py``
+(800 real BOSS ``spec`` files, ``gasnet run``, one core, both settings in one process)
+measured 6.03 ms per spectrum with the defaults against 5.33 with :data:`RUN_THRESHOLDS`
+(1.13×).
 
 :func:`run_collector` raises the thresholds for the duration of a run (``gasnet run``, and
 each Dask task in its worker) and restores them after. Cycles are still collected, only in
