@@ -24,8 +24,9 @@ MAX_WALK = 4
 
 ROW_BLOCK = 16
 """Spectra whose normal equations are formed together. The ``(16, K, N)`` float32 weighted
-eigenspectra (~2.6 MB for K = 10, N = 4076) stay in cache: 16 rows cost less than half per
-spectrum what 64 do (measured on one core)."""
+eigenspectra (~2.6 MB for K = 10, N = 4076) stay in cache (in a one-off timing on one core
+16 rows cost less than half per spectrum what 64 do; the engine's speed is measured by
+``benchmarks/bench_gasnet3.py``)."""
 
 
 @dataclass

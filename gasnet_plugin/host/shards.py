@@ -188,8 +188,8 @@ class ShardStore:
              ) -> tuple[dict[str, int], Table, SpectrumArrays | None]:
         """Shard ``index``: its record, results and arrays, validated against the shard
         schema unless ``validate`` is false (for a shard this run wrote: it was validated
-        before it was written, and validating ~150 columns again costs ~70 % of reading
-        it back)."""
+        before it was written, and validating its ~150 columns again is most of the cost of
+        reading it back)."""
         def extract(af: asdf.AsdfFile) -> tuple[dict[str, int], Table, SpectrumArrays | None]:
             return dict(af["shard"]), Table(af["results"], copy=True), arrays_in_memory(af)
 
