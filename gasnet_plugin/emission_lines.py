@@ -131,13 +131,20 @@ def _profiles(rest: np.ndarray, lines: list[tuple[float, float]], sigma: np.ndar
     row ``(B, S)`` km/s, in observed-frame flux per observed Å: the caller divides by
     (1 + z)."""
     sigma = np.broadcast_to(sigma, (rest.shape[0], np.shape(sigma)[-1]))
-    out = np.zeros((rest.shape[0], sigma.shape[1], rest.shape[1]))
-    safe = np.where(sigma > 0, sigma, 1.0)[:, :, None]
+    safe = np.where(sigma > 0, sigma, 1.0)[:, :, None]                    # (B, S, 1)
+    # exp(−v²/2σ²) / (√(2π) σ_Å): per width a factor on v² and a scale, per pixel one exp;
+    # widths of 0 get a zero scale (no component)
+    exponent = -0.5 / safe**2
+    out = None
+    ln_rest = np.log(rest)[:, None, :]                                     # (B, 1, M)
     for wavelength, weight in lines:
-        velocity = C_KMS * np.log(rest / wavelength)[:, None, :]
-        sigma_aa = wavelength * safe / C_KMS
-        out += weight * np.exp(-0.5 * (velocity / safe) ** 2) / (np.sqrt(2 * np.pi) * sigma_aa)
-    return np.where(sigma[:, :, None] > 0, out, 0.0)
+        velocity_squared = (C_KMS * (ln_rest - np.log(wavelength))) ** 2
+        scale = np.where(sigma[:, :, None] > 0,
+                         weight * C_KMS / (np.sqrt(2 * np.pi) * wavelength * safe), 0.0)
+        profile = np.exp(exponent * velocity_squared)
+        profile *= scale
+        out = profile if out is None else out + profile
+    return out
 
 
 def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
@@ -294,7 +301,8 @@ def _normal_equations(group: LineGroup, rest: np.ndarray, f: np.ndarray, w: np.n
     shape = [np.shape(axes[k])[-1] for k in kinds]
     normal = np.zeros((n_rows, *shape, n_dim, n_dim))
     rhs = np.zeros((n_rows, *shape, n_dim))
-    cc = np.einsum("bim,bm,bjm->bij", continuum, w, continuum)
+    sums = w @ np.stack([np.ones(n_pix), t[0], t[0] * t[0]]).T             # (B, 3)
+    cc = sums[:, [[0, 1], [1, 2]]]                                        # Σw [1 t; t t²]
     normal[..., :n_cont, :n_cont] = cc.reshape(n_rows, *([1] * len(kinds)), n_cont, n_cont)
     rhs[..., :n_cont] = np.einsum("bim,bm->bi", continuum, wf).reshape(
         n_rows, *([1] * len(kinds)), n_cont)

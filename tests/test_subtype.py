@@ -147,3 +147,78 @@ def test_galaxy_continuum_in_chunks_equals_one_fit(monkeypatch):
     whole = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
     assert np.isnan(chunked[4]).all() and np.isfinite(chunked[0]).any()
     np.testing.assert_array_equal(chunked, whole)
+
+
+def test_galaxy_continuum_is_the_weighted_least_squares_fit():
+    """The continuum formed from the normal equations' blocks is the model of a float64
+    weighted least-squares fit of the shifted stars and the polynomial, built pixel by
+    pixel, with the emission-line pixels and the pixels beyond the stars left out."""
+    import gasnet_plugin.stellar_continuum as continuum
+
+    templates = load_star_templates("default")
+    basis = continuum.broadened_basis(templates)
+    rng = np.random.default_rng(5)
+    loglam = np.log10(3700.0) + templates.dloglam * np.arange(3000)
+    z = np.array([0.05, 0.21, 0.37])
+    flux = (1 + 0.2 * rng.standard_normal((z.size, loglam.size))).astype(np.float32)
+    ivar = rng.uniform(0.5, 2.0, flux.shape).astype(np.float32)
+    ivar[1, 100:300] = 0
+    got = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
+    ln_wave = np.log(10.0) * loglam
+    x = np.linspace(-1, 1, loglam.size)
+    for row in range(z.size):
+        # each star at this redshift, pixel by pixel from the rest-frame basis grid
+        pixel = np.round((loglam - np.log10(1 + z[row]) - templates.loglam0)
+                         / templates.dloglam).astype(int)
+        covered = (pixel >= 0) & (pixel < basis.shape[1])
+        stars = np.where(covered, basis[:, np.clip(pixel, 0, basis.shape[1] - 1)], 0.0)
+        design = np.vstack([stars, [x**k for k in range(continuum.POLY_DEGREE + 1)]])
+        rest = ln_wave - np.log1p(z[row])
+        near = np.zeros(loglam.size, dtype=bool)
+        for line in continuum.MASKED_LINES:
+            near |= np.abs(rest - np.log(line)) <= continuum.MASK_HALF_WIDTH_KMS / C_KMS
+        w = np.where(covered & ~near, ivar[row], 0.0).astype(np.float64)
+        root = np.sqrt(w)
+        coef = np.linalg.lstsq((design * root).T, flux[row] * root, rcond=None)[0]
+        expected = np.where(covered, coef @ design, np.nan)
+        np.testing.assert_allclose(got[row], expected, rtol=1e-6, atol=1e-6)
+        assert np.isnan(got[row][~covered]).all()
+
+
+def test_star_template_chi2_is_each_templates_least_squares_fit():
+    """Every template's χ² (stars at different whole-pixel shifts, fitted together in the
+    templates' rest window) is the weighted least-squares χ² of that template, shifted to
+    the star, plus the polynomial, solved on its own in float64; templates whose best
+    amplitude is not positive get inf."""
+    from gasnet_plugin.models.star_templates import POLY_DEGREE
+
+    templates = load_star_templates()
+    rng = np.random.default_rng(11)
+    z = np.array([0.0, -0.0013, 0.0021, 0.0021, 0.0007])
+    start = np.round((LOGLAM[0] - np.log10(1 + z) - templates.loglam0)
+                     / templates.dloglam).astype(int)
+    truth = np.array([10, 60, 90, 90, 110])
+    flux = np.stack([templates.flux[t, s:s + LOGLAM.size]
+                     for t, s in zip(truth, start, strict=True)])
+    flux = flux / np.median(flux, axis=1, keepdims=True)
+    flux = flux + 0.05 * rng.normal(size=flux.shape)
+    ivar = rng.uniform(100, 400, flux.shape)
+    ivar[2, 500:900] = 0
+    fit = fit_star_templates(templates, flux.astype(np.float32), ivar.astype(np.float32),
+                             LOGLAM, z)
+    x = np.linspace(-1, 1, LOGLAM.size)
+    polynomial = np.stack([x**k for k in range(POLY_DEGREE + 1)])
+    f64, w64 = flux.astype(np.float32).astype(np.float64), ivar.astype(np.float32)
+    for row in range(z.size):
+        window = templates.flux[:, start[row]:start[row] + LOGLAM.size].astype(np.float64)
+        w = w64[row] * window.any(axis=0)
+        root = np.sqrt(w)
+        for t in rng.choice(len(templates.names), 12, replace=False):
+            design = np.vstack([window[t], polynomial])
+            coef, *_ = np.linalg.lstsq((design * root).T, f64[row] * root, rcond=None)
+            chi2 = np.sum(w * (f64[row] - coef @ design) ** 2)
+            if coef[0] > 0:
+                np.testing.assert_allclose(fit.all_chi2[row, t], chi2, rtol=1e-7)
+            else:
+                assert fit.all_chi2[row, t] == np.inf
+    np.testing.assert_array_equal(fit.index, truth)

@@ -8,16 +8,16 @@ log10-λ grid), converted by :func:`templates_from_idlspec2d`.
 
 :func:`fit_star_templates` fits every template to every star at its redshift: the template
 times a free amplitude plus a quadratic polynomial in wavelength (for flux-calibration and
-extinction differences), by weighted least squares; the lowest χ² names the type. The sums
-are matrix products over pixels, one per whole-pixel shift of the star's redshift (stars
-span ±0.005 in z: a few dozen shifts), so the cost is a handful of BLAS calls per batch.
+extinction differences), by weighted least squares; the lowest χ² names the type. Each star
+is placed on the templates' rest-frame grid at its whole-pixel redshift shift, so that the
+sums over pixels are two matrix products of all the batch's stars with all the templates.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,9 @@ DEFAULT_STAR_TEMPLATES = "sdss-star-templates.asdf"
 """File name of the shipped templates in ``gasnet_plugin/data``."""
 POLY_DEGREE = 2
 """Degree of the additive polynomial fitted with each template."""
+CHUNK_STARS = 64
+"""Stars fitted together: their rest-frame arrays (``(32, K + 2, P)`` doubles, ~5 MB) stay
+in cache while the templates are read once per chunk."""
 
 
 class StarTemplatesError(ValueError):
@@ -55,6 +58,17 @@ class StarTemplates:
     dloglam: float
     flux: np.ndarray
     source: str
+    _padded: dict[int, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def padded(self, n_pix: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fluxes and their squares, ``(T, N + 2 n_pix)`` float64 each, with
+        ``n_pix`` zero pixels at both ends (made once per ``n_pix`` and kept): a window
+        of ``n_pix`` pixels from any shift is a view."""
+        if n_pix not in self._padded:
+            flux = np.pad(self.flux.astype(np.float64), ((0, 0), (n_pix, n_pix)))
+            self._padded[n_pix] = (flux, flux * flux)
+        return self._padded[n_pix]
 
     def spectral_types(self) -> np.ndarray:
         """The type of each template as SDSS writes a subclass: the MK spectral type
@@ -157,33 +171,77 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
                      / templates.dloglam).astype(np.int64)
     x = np.linspace(-1, 1, n_pix)
     powers = np.stack([x**k for k in range(POLY_DEGREE + 1)])               # (K, P)
-    padded = np.pad(templates.flux.astype(np.float64), ((0, 0), (n_pix, n_pix)))
-    for shift in np.unique(start[ok]):
-        rows = np.flatnonzero(ok & (start == shift))
-        t = padded[:, shift + n_pix: shift + 2 * n_pix]                    # (T, P)
-        w = ivar[rows].astype(np.float64) * (t.any(axis=0))[None, :]
-        f = flux[rows].astype(np.float64)
-        wf = w * f
-        tt = w @ (t * t).T                                                  # (b, T)
-        tx = ((w[:, None, :] * powers[None]).reshape(-1, n_pix) @ t.T).reshape(
-            rows.size, POLY_DEGREE + 1, n_templates).transpose(0, 2, 1)     # (b, T, K)
-        xx = np.einsum("bp,kp,lp->bkl", w, powers, powers)                  # (b, K, K)
-        ft = wf @ t.T                                                       # (b, T)
-        fx = wf @ powers.T                                                  # (b, K)
-        k = POLY_DEGREE + 1
-        normal = np.zeros((rows.size, n_templates, k + 1, k + 1))
-        normal[:, :, 0, 0] = tt
-        normal[:, :, 0, 1:] = tx
-        normal[:, :, 1:, 0] = tx
-        normal[:, :, 1:, 1:] = xx[:, None]
-        rhs = np.concatenate([ft[:, :, None], np.broadcast_to(fx[:, None, :],
-                                                              (rows.size, n_templates, k))], 2)
-        normal += 1e-12 * np.einsum("btii->bt", normal)[:, :, None, None] * np.eye(k + 1)
-        coef = np.linalg.solve(normal, rhs[..., None])[..., 0]
-        chi2 = np.sum(wf * f, axis=1)[:, None] - np.einsum("bti,bti->bt", coef, rhs)
-        all_chi2[rows] = np.where(coef[:, :, 0] > 0, chi2, np.inf)   # a positive template
+    padded, padded_squared = templates.padded(n_pix)
+    fitted = np.flatnonzero(ok)
+    fitted = fitted[np.argsort(start[fitted], kind="stable")]   # neighbours in z together
+    for first in range(0, fitted.size, CHUNK_STARS):
+        rows = fitted[first:first + CHUNK_STARS]
+        all_chi2[rows] = _fit_stars(padded, padded_squared, flux[rows], ivar[rows],
+                                    start[rows], powers)
     found = np.isfinite(all_chi2).any(axis=1)
     index = np.where(found, np.argmin(all_chi2, axis=1), -1)
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)
     dof = np.maximum((ivar > 0).sum(axis=1) - (POLY_DEGREE + 2), 1)
     return StarFit(index, chi2, chi2 / dof, all_chi2)
+
+
+def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
+               ivar: np.ndarray, start: np.ndarray, powers: np.ndarray) -> np.ndarray:
+    """χ² ``(b, T)`` of every template (times an amplitude, plus the polynomial
+    ``powers`` ``(K, P)``) fitted to ``b`` stars (``flux``, ``ivar`` ``(b, P)``) whose
+    observed pixel 0 is template pixel ``start`` ``(b,)``; inf where the amplitude is not
+    positive. ``padded`` and ``padded_squared``: :meth:`StarTemplates.padded`.
+
+    Every star is moved onto one rest-frame window of the templates, so that all share the
+    templates' matrix: two products over the stars instead of two per redshift shift
+    (each of which would read all the templates again)."""
+    n_stars, n_pix = flux.shape
+    n_templates = padded.shape[0]
+    k = powers.shape[0]
+    n_rest = padded.shape[1] - 2 * n_pix
+    shift = np.clip(start, -n_pix, n_rest)
+    low = int(shift.min())
+    width = n_pix + int(shift.max()) - low
+    window = slice(low + n_pix, low + n_pix + width)
+    t = padded[:, window]                                                   # (T, R)
+    # observed pixel p of star b is window pixel p + shift_b − low
+    at = (shift - low)[:, None] + np.arange(n_pix)[None, :]                 # (b, P)
+    w = ivar.astype(np.float64) * t.any(axis=0)[at]                         # (b, P)
+    f = flux.astype(np.float64)
+    wf = w * f
+    # in the rest window: the weights and the weighted flux (scattered), and the weighted
+    # polynomial terms (x is affine in the window pixel: computed there, not scattered)
+    row_index = np.arange(n_stars)[:, None]
+    weights = np.zeros((n_stars, width))
+    weights[row_index, at] = w
+    sides = np.empty((n_stars, k + 1, width))
+    sides[:, k] = 0.0
+    sides[row_index, k, at] = wf
+    x_rest = (np.arange(width)[None, :] - (shift - low)[:, None]) * (2.0 / (n_pix - 1)) - 1.0
+    sides[:, 0] = weights
+    for power in range(1, k):
+        np.multiply(sides[:, power - 1], x_rest, out=sides[:, power])
+    tt = weights @ padded_squared[:, window].T                              # (b, T)
+    against = (sides.reshape(-1, width) @ t.T).reshape(n_stars, k + 1, n_templates)
+    tx = against[:, :k].transpose(0, 2, 1)                                  # (b, T, K)
+    ft = against[:, k]                                                      # (b, T)
+    products = (powers[:, None, :] * powers[None, :, :]).reshape(k * k, n_pix)
+    xx = (w @ products.T).reshape(n_stars, k, k)                            # (b, K, K)
+    fx = wf @ powers.T                                                      # (b, K)
+    # the polynomial solved once per star; each template then adds one dimension, whose
+    # least-squares amplitude and χ² follow from the Schur complement (no (K+1)² system
+    # per template and star)
+    ridge = 1e-12 * np.einsum("bii->b", xx)[:, None, None] / k * np.eye(k)
+    gram = xx + ridge                                                       # (b, K, K)
+    solved_fx = np.linalg.solve(gram, fx[..., None])[..., 0]                # (b, K)
+    solved_tx = np.linalg.solve(gram, tx.transpose(0, 2, 1))                # (b, K, T)
+    chi2_poly = np.sum(wf * f, axis=1) - np.einsum("bk,bk->b", fx, solved_fx)
+    # the template's part not explained by the polynomial: its norm and overlap with f
+    norm = tt - np.einsum("btk,bkt->bt", tx, solved_tx)                     # (b, T)
+    overlap = ft - np.einsum("btk,bk->bt", tx, solved_fx)                   # (b, T)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        amplitude = overlap / norm
+        chi2 = chi2_poly[:, None] - overlap * amplitude
+    # a positive template only, and one not (numerically) within the polynomial's span
+    good = (norm > 1e-12 * tt) & (amplitude > 0)
+    return np.where(good, chi2, np.inf)

@@ -66,6 +66,7 @@ class SubtypeStage(Stage):
         self.templates: StarTemplates | None = None
         self.galaxy_basis: np.ndarray | None = None
         self._blas: Any = None          # threadpoolctl.ThreadpoolController, on first use
+        self._units: dict[str, Any] = {}  # quantity -> astropy unit (parsed once)
 
     def setup(self, context: RunContext) -> None:
         from gasnet_plugin.host.config import ConfigError
@@ -82,6 +83,10 @@ class SubtypeStage(Stage):
                               f"{self.params['star_templates']!r} lack {missing}, the galaxy "
                               "continuum basis")
         self.galaxy_basis = broadened_basis(self.templates)
+        from astropy import units
+
+        self._units = {quantity: units.Unit(unit) for quantity, unit in UNITS.items()
+                       if unit in ("Angstrom", "km / s")}
 
     def process(self, batch: SpectrumBatch) -> None:
         from threadpoolctl import ThreadpoolController
@@ -128,8 +133,8 @@ class SubtypeStage(Stage):
                 key = f"{name}_{quantity}"
                 batch.rows[key] = column
                 batch.rows[key].description = f"{name}: {MEANING[quantity]} [{UNITS[quantity]}]"
-                if UNITS[quantity] in ("Angstrom", "km / s"):
-                    batch.rows[key].unit = UNITS[quantity]
+                if quantity in self._units:
+                    batch.rows[key].unit = self._units[quantity]
         for key in [k for k in lines if k.endswith("_DCHI2")]:
             column = np.full(n_rows, np.nan)
             column[emitting] = lines[key]
