@@ -7,7 +7,10 @@ diagram, and marks broad lines:
 * ``AGN``: log10([O III]5007/Hβ) > 0.7 − 1.2 · (log10([N II]6584/Hα) + 0.4)
   (the dividing line of the SDSS pipeline);
 * ``STARFORMING``: below that line;
-* ``STARBURST``: star-forming with a rest-frame Hα equivalent width above 50 Å;
+* ``STARBURST``: star-forming with an Hα equivalent width above 50 Å, the equivalent width
+  as SDSS measures it: observed frame (its ``LINEEW`` is ``LINEAREA / LINECONTLEVEL``,
+  the line's area in observed Å over the continuum per observed Å; idlspec2d's
+  ``linebackfit``), i.e. our rest-frame ``HALPHA_EW`` × (1 + z);
 * ``BROADLINE``, appended: a line detected at 10σ whose width σ exceeds 200 km/s at 5σ.
 
 Our reading of "detected" for the diagram: all four lines with flux S/N > ``BPT_SNR`` (3) and
@@ -31,7 +34,8 @@ import numpy as np
 BPT_SNR = 3.0
 """Flux S/N each of Hα, Hβ, [O III] 5007 and [N II] 6584 needs for a BPT subtype."""
 STARBURST_EW = 50.0
-"""Rest-frame Hα equivalent width (Å) above which a star-forming galaxy is a STARBURST."""
+"""Observed-frame Hα equivalent width (Å; SDSS's ``LINEEW``) above which a star-forming
+galaxy is a STARBURST."""
 BROAD_SNR = 10.0
 """Flux S/N of a broad line."""
 BROAD_SIGMA = 200.0
@@ -52,15 +56,16 @@ def _snr(lines: dict[str, np.ndarray], name: str) -> np.ndarray:
         return np.nan_to_num(lines[f"{name}_FLUX"] / lines[f"{name}_FLUX_ERR"], nan=0.0)
 
 
-def bpt_subtype(lines: dict[str, np.ndarray]) -> np.ndarray:
-    """``AGN``, ``STARFORMING``, ``STARBURST`` or ``""`` per row (see the module docstring)."""
+def bpt_subtype(lines: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
+    """``AGN``, ``STARFORMING``, ``STARBURST`` or ``""`` per row of ``lines`` (measured at
+    redshifts ``z``, ``(B,)``; see the module docstring)."""
     names = ("HALPHA", "HBETA", "OIII_5007", "NII_6584")
     detected = np.all([_snr(lines, n) > BPT_SNR for n in names], axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         x = np.log10(lines["NII_6584_FLUX"] / lines["HALPHA_FLUX"])
         y = np.log10(lines["OIII_5007_FLUX"] / lines["HBETA_FLUX"])
         agn = y > 0.7 - 1.2 * (x + 0.4)
-        starburst = lines["HALPHA_EW"] > STARBURST_EW
+        starburst = lines["HALPHA_EW"] * (1 + np.asarray(z, dtype=float)) > STARBURST_EW
     return np.where(detected, np.where(agn, "AGN", np.where(starburst, "STARBURST",
                                                             "STARFORMING")), "")
 
@@ -97,10 +102,11 @@ def broad_line_dominated(lines: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def emission_subtype(lines: dict[str, np.ndarray]) -> np.ndarray:
-    """SDSS's galaxy/QSO subclass per row: the BPT class and ``BROADLINE``, space-joined
-    (``"STARBURST BROADLINE"``), ``""`` when neither applies."""
-    bpt = bpt_subtype(lines)
+def emission_subtype(lines: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
+    """SDSS's galaxy/QSO subclass per row (lines measured at redshifts ``z``): the BPT class
+    and ``BROADLINE``, space-joined (``"STARBURST BROADLINE"``), ``""`` when neither
+    applies."""
+    bpt = bpt_subtype(lines, z)
     broad = has_broad_line(lines)
     joined = np.char.add(np.char.add(bpt.astype("<U16"),
                                      np.where((bpt != "") & broad, " ", "")),

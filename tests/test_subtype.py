@@ -67,8 +67,8 @@ def test_a_broad_balmer_line_is_found_and_makes_a_qso():
     assert np.all(m_b["HALPHA_BROAD_DCHI2"] > 100) and np.median(m_n["HALPHA_BROAD_DCHI2"]) < 10
     assert abs(np.median(m_b["HALPHA_BROAD_EW"]) - 150) < 25
     assert np.all(broad_line_dominated(m_b)) and not np.any(broad_line_dominated(m_n))
-    assert np.all(["BROADLINE" in s for s in emission_subtype(m_b)])
-    assert not np.any(["BROADLINE" in s for s in emission_subtype(m_n)])
+    assert np.all(["BROADLINE" in s for s in emission_subtype(m_b, zs)])
+    assert not np.any(["BROADLINE" in s for s in emission_subtype(m_n, zs)])
 
 
 def test_bpt_follows_the_sdss_dividing_line():
@@ -81,10 +81,15 @@ def test_bpt_follows_the_sdss_dividing_line():
         out["HALPHA_EW"] = np.array([ew])
         return out
 
-    assert bpt_subtype(lines(10, 1, 3, 1))[0] == "STARFORMING"        # low [N II], [O III]
-    assert bpt_subtype(lines(10, 1, 3, 1, ew=80))[0] == "STARBURST"
-    assert bpt_subtype(lines(10, 10, 3, 30))[0] == "AGN"             # high both
-    assert bpt_subtype(lines(10, 10, 3, 30, snr=2))[0] == ""         # too weak: no class
+    at_rest = np.zeros(1)
+    assert bpt_subtype(lines(10, 1, 3, 1), at_rest)[0] == "STARFORMING"   # low [N II], [O III]
+    assert bpt_subtype(lines(10, 1, 3, 1, ew=80), at_rest)[0] == "STARBURST"
+    assert bpt_subtype(lines(10, 10, 3, 30), at_rest)[0] == "AGN"        # high both
+    assert bpt_subtype(lines(10, 10, 3, 30, snr=2), at_rest)[0] == ""    # too weak: no class
+    # SDSS compares its observed-frame EW with 50 Å: a rest-frame 45 Å is a STARBURST at
+    # z = 0.2 (54 Å observed), not at z = 0.05 (47 Å)
+    assert bpt_subtype(lines(10, 1, 3, 1, ew=45), np.array([0.2]))[0] == "STARBURST"
+    assert bpt_subtype(lines(10, 1, 3, 1, ew=45), np.array([0.05]))[0] == "STARFORMING"
 
 
 def test_each_star_template_recovers_its_own_type():

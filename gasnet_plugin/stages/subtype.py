@@ -141,7 +141,7 @@ class SubtypeStage(Stage):
             batch.rows[key] = column
             batch.rows[key].description = (f"{key[:-6]}: chi2 improvement from adding the "
                                            "broad component")
-        subtype[emitting] = emission_subtype(lines)
+        subtype[emitting] = emission_subtype(lines, z[emitting])
         to_qso = np.zeros(n_rows, dtype=bool)
         if self.params["broadline_is_qso"]:
             to_qso[emitting] = broad_line_dominated(lines) & (spectype[emitting] == "GALAXY")
