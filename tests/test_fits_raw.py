@@ -107,3 +107,24 @@ def test_what_it_cannot_read_goes_the_usual_way(tmp_path):
         patch.setattr(readers_module, "_read_raw", lambda *args: (None, None))
         usual = outcome(lambda: read_spectra(truncated, readers=READERS))
     assert outcome(lambda: read_spectra(truncated, readers=READERS)) == usual
+
+
+def test_only_a_file_a_fast_path_takes_is_read_whole(monkeypatch):
+    """The headers are probed from the file; its bytes are read only for a reader with a
+    fast path that takes it (an SDSS spec file), not for a DESI coadd, which astropy then
+    reads from the file itself (a 500-target coadd is ~200 MB, mostly unused)."""
+    from conftest import DESI_FILE
+
+    from gasnet_plugin.io.fits_raw import read_hdus_from
+
+    sdss = SDSS_FILES[0]
+    spectra, raw = readers_module._read_raw(str(sdss), "auto", READERS)
+    assert raw == sdss.read_bytes() and len(spectra) == 1
+    assert readers_module._read_raw(str(DESI_FILE), "auto", READERS) == (None, None)
+    # the probe's HDUs are those parsed from the whole bytes
+    with open(DESI_FILE, "rb") as handle:
+        probed = read_hdus_from(handle, DESI_FILE.stat().st_size)
+    whole = read_hdus(DESI_FILE.read_bytes())
+    assert [(h.text, h.data_start, h.data_size) for h in probed] == \
+        [(h.text, h.data_start, h.data_size) for h in whole]
+    assert len(read_spectra(DESI_FILE, readers=READERS)[0].meta["rows"]) == 2

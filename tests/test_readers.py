@@ -50,6 +50,45 @@ def test_desi_coadd_joins_the_arms_with_targetid():
     assert list(block.meta["rows"]["ROW"]) == [0, 1]
 
 
+def test_joined_arms_are_the_inverse_variance_weighted_mean_of_the_valid_arms():
+    """Pixel by pixel, in float64: where one arm alone measured a pixel validly, its own
+    flux and ivar; where arms overlap, the ivar-weighted mean of the valid ones; where
+    none did (masked, ivar 0, NaN), flux 0 and ivar 0."""
+    from gasnet_plugin.io.desi import join_arms
+
+    rng = np.random.default_rng(2)
+    step = 0.8
+    waves = [3600.0 + step * np.arange(60), 3600.0 + step * (50 + np.arange(60)),
+             3600.0 + step * (100 + np.arange(40))]
+    fluxes = [rng.normal(1, 0.3, (4, w.size)).astype(np.float32) for w in waves]
+    ivars = [rng.uniform(0.5, 4.0, (4, w.size)).astype(np.float32) for w in waves]
+    masks = [np.zeros((4, w.size), np.int32) for w in waves]
+    masks[0][1, 55] = 4                                   # masked in an overlap
+    ivars[1][2, 3] = 0                                    # no weight in an overlap
+    fluxes[1][3, 20] = np.nan                             # NaN where R is alone
+    wave, flux, ivar = join_arms(waves, fluxes, ivars, masks)
+    assert flux.dtype == ivar.dtype == np.float32
+    np.testing.assert_allclose(wave, 3600.0 + step * np.arange(140))
+    expected_flux = np.zeros((4, 140))
+    expected_ivar = np.zeros((4, 140))
+    for row in range(4):
+        for pixel in range(140):
+            values, weights = [], []
+            for arm, first in enumerate((0, 50, 100)):
+                i = pixel - first
+                if 0 <= i < waves[arm].size and masks[arm][row, i] == 0 \
+                        and ivars[arm][row, i] > 0 and np.isfinite(fluxes[arm][row, i]):
+                    values.append(float(fluxes[arm][row, i]))
+                    weights.append(float(ivars[arm][row, i]))
+            if weights:
+                expected_flux[row, pixel] = np.dot(values, weights) / np.sum(weights)
+                expected_ivar[row, pixel] = np.sum(weights)
+    np.testing.assert_allclose(flux, expected_flux.astype(np.float32), rtol=1e-7)
+    np.testing.assert_array_equal(ivar, expected_ivar.astype(np.float32))
+    assert flux[3, 70] == 0 and ivar[3, 70] == 0                    # the NaN pixel
+    np.testing.assert_array_equal(flux[0, 10:40], fluxes[0][0, 10:40])   # B alone: as is
+
+
 @pytest.mark.parametrize("path", LAMOST_FILES, ids=lambda p: p.name)
 def test_lamost_dr1_reader_and_specutils_loader(path):
     (spectrum,) = read_spectra(path)

@@ -59,17 +59,32 @@ def join_arms(waves: list[np.ndarray], fluxes: list[np.ndarray], ivars: list[np.
         raise ValueError(f"the arms span {npix} pixels of their grid for {own} pixels of "
                          f"data ({min(w[0] for w in waves):.1f}-"
                          f"{max(w[-1] for w in waves):.1f} Å): refusing to allocate the gap")
-    weighted = np.zeros((n_spectra, npix))
-    weight = np.zeros((n_spectra, npix))
+    coverage = np.zeros(npix, dtype=np.int64)
+    for offset, wave in zip(offsets, waves, strict=True):
+        coverage[offset:offset + len(wave)] += 1
+    shared = np.flatnonzero(coverage > 1)              # the arms' overlaps: tens of pixels
+    flux_out = np.zeros((n_spectra, npix), dtype=np.float32)
+    ivar_out = np.zeros((n_spectra, npix), dtype=np.float32)
+    weighted = np.zeros((n_spectra, shared.size))
+    weight = np.zeros((n_spectra, shared.size))
     for offset, flux, ivar, mask in zip(offsets, fluxes, ivars, masks, strict=True):
         good = (mask == 0) & (ivar > 0) & np.isfinite(flux) & np.isfinite(ivar)
-        w = np.where(good, ivar, 0.0)
         window = slice(offset, offset + flux.shape[1])
-        weighted[:, window] += w * np.where(good, flux, 0.0)
-        weight[:, window] += w
-    flux = np.divide(weighted, weight, out=np.zeros_like(weighted), where=weight > 0)
+        # where one arm alone measured a pixel, the weighted mean is its own value: copied
+        alone = (coverage[window] == 1)[None, :]
+        np.copyto(flux_out[:, window], np.where(good, flux, 0.0), where=alone)
+        np.copyto(ivar_out[:, window], np.where(good, ivar, 0.0), where=alone)
+        # where arms overlap: the inverse-variance weighted mean (float64), in arm order
+        inside = (shared >= offset) & (shared < offset + flux.shape[1])
+        local = shared[inside] - offset
+        w = np.where(good[:, local], ivar[:, local], 0.0).astype(np.float64)
+        weighted[:, inside] += w * np.where(good[:, local], flux[:, local], 0.0)
+        weight[:, inside] += w
+    mean = np.divide(weighted, weight, out=np.zeros_like(weighted), where=weight > 0)
+    flux_out[:, shared] = mean
+    ivar_out[:, shared] = weight
     wave = start + step * np.arange(npix)
-    return wave, flux.astype(np.float32), weight.astype(np.float32)
+    return wave, flux_out, ivar_out
 
 
 class DesiCoaddReader:

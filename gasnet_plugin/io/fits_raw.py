@@ -16,9 +16,11 @@ behaviour never differs, only speed.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 from astropy.io import fits
@@ -102,30 +104,46 @@ class RawHDU:
 
 def read_hdus(raw: bytes) -> list[RawHDU]:
     """Every HDU of the FITS file ``raw``: headers parsed, data located (not read)."""
-    if not raw.startswith(b"SIMPLE  ="):
+    return read_hdus_from(io.BytesIO(raw), len(raw))
+
+
+def read_hdus_from(handle: BinaryIO, size: int) -> list[RawHDU]:
+    """Every HDU of the FITS file open in ``handle`` (``size`` bytes long): the headers
+    read and parsed, the data located and skipped, not read (a reader that needs them
+    reads the file's bytes, whose offsets ``data_start`` gives)."""
+    handle.seek(0)
+    if handle.read(9) != b"SIMPLE  =":
         raise RawFitsError("not a plain FITS file")
     hdus, position = [], 0
-    while position + BLOCK <= len(raw):
-        end = raw.find(_END, position)            # the END card: the first one on a card
-        while end >= 0 and (end - position) % CARD:   # boundary (a string value may hold it)
-            end = raw.find(_END, end + 1)
-        start = position + -(-(end + CARD - position) // BLOCK) * BLOCK   # data start
-        if end < 0 or start > len(raw):                      # END only in whole blocks
-            raise RawFitsError("a header without END")
-        text = raw[position:end + CARD].decode("ascii")
-        header = HeaderCards(text)
-        naxis = int(header.get("NAXIS", 0))
-        size = 0
+    while position + BLOCK <= size:
+        handle.seek(position)
+        header = bytearray()
+        end = -1
+        while end < 0:                  # header blocks up to the one with the END card
+            block = handle.read(BLOCK)
+            if len(block) < BLOCK:
+                raise RawFitsError("a header without END")
+            end = block.find(_END)
+            while end >= 0 and end % CARD:   # the END card on a card boundary (a string
+                end = block.find(_END, end + 1)   # value may hold its text)
+            if end >= 0:
+                end += len(header)
+            header += block
+        start = position + len(header)                       # data start
+        text = header[:end + CARD].decode("ascii")
+        cards = HeaderCards(text)
+        naxis = int(cards.get("NAXIS", 0))
+        data_size = 0
         if naxis:
-            size = abs(int(header["BITPIX"])) // 8 * int(header.get("GCOUNT", 1)) * (
-                int(header.get("PCOUNT", 0))
-                + int(np.prod([int(header[f"NAXIS{i}"]) for i in range(1, naxis + 1)])))
-        if start + size > len(raw):
-            raise TruncatedFitsError(f"file is truncated: HDU {len(hdus)} declares {size:,} "
-                                     f"bytes of data, the file holds "
-                                     f"{max(len(raw) - start, 0):,} after its header")
-        hdus.append(RawHDU(text, header, start, size))
-        position = start + -(-size // BLOCK) * BLOCK
+            data_size = abs(int(cards["BITPIX"])) // 8 * int(cards.get("GCOUNT", 1)) * (
+                int(cards.get("PCOUNT", 0))
+                + int(np.prod([int(cards[f"NAXIS{i}"]) for i in range(1, naxis + 1)])))
+        if start + data_size > size:
+            raise TruncatedFitsError(f"file is truncated: HDU {len(hdus)} declares "
+                                     f"{data_size:,} bytes of data, the file holds "
+                                     f"{max(size - start, 0):,} after its header")
+        hdus.append(RawHDU(text, cards, start, data_size))
+        position = start + -(-data_size // BLOCK) * BLOCK
     if not hdus:
         raise RawFitsError("no HDU")
     return hdus

@@ -147,7 +147,7 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            # the bytes already read for the fast path are parsed, not read again
+            # bytes a fast path read (and gave up on) are parsed, not read again
             with fits.open(source if raw is None else io.BytesIO(raw), memmap=False) as hdul:
                 if reader == "auto":
                     chosen = pick_reader(hdul, source, readers)
@@ -176,7 +176,7 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
     (and is the one asked for), and the bytes read (``None`` if none were); spectra
     ``None``: astropy reads the file as always. Any failure here falls back too, so errors
     are reported by the usual path."""
-    from gasnet_plugin.io.fits_raw import TruncatedFitsError, read_hdus
+    from gasnet_plugin.io.fits_raw import TruncatedFitsError, read_hdus_from
 
     candidates = [r for r in readers if hasattr(r, "read_raw")
                   and (reader == "auto" or r.name == reader)]
@@ -184,19 +184,23 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
         return None, None
     raw = None
     try:
-        raw = Path(source).read_bytes()
-        try:
-            hdus = read_hdus(raw)
-        except TruncatedFitsError as exc:   # before astropy allocates what the header says
-            raise UnreadableFileError(f"{source}: {exc}") from None
-        for candidate in readers:
-            if reader != "auto" and candidate.name != reader:
-                continue
-            if not hasattr(candidate, "read_raw"):
-                return None, raw     # an earlier reader without a fast path decides
-            if candidate.identify_raw(hdus):
-                return candidate.read_raw(raw, hdus, source), raw
-        return None, raw
+        with open(source, "rb") as handle:
+            # the headers only: a file no fast path takes (a DESI coadd of 500 spectra is
+            # ~200 MB, mostly resolution data no reader uses) is not read whole here
+            try:
+                hdus = read_hdus_from(handle, os.fstat(handle.fileno()).st_size)
+            except TruncatedFitsError as exc:   # before astropy allocates what it says
+                raise UnreadableFileError(f"{source}: {exc}") from None
+            for candidate in readers:
+                if reader != "auto" and candidate.name != reader:
+                    continue
+                if not hasattr(candidate, "read_raw"):
+                    return None, None    # an earlier reader without a fast path decides
+                if candidate.identify_raw(hdus):
+                    handle.seek(0)
+                    raw = handle.read()
+                    return candidate.read_raw(raw, hdus, source), raw
+        return None, None
     except UnreadableFileError:
         raise
     except Exception:  # anything odd (RawFitsError, ...): astropy's path decides and reports
