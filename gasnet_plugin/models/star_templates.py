@@ -10,7 +10,7 @@ log10-λ grid), converted by :func:`templates_from_idlspec2d`.
 times a free amplitude plus a quadratic polynomial in wavelength (for flux-calibration and
 extinction differences), by weighted least squares; the lowest χ² names the type. Each star
 is placed on the templates' rest-frame grid at its whole-pixel redshift shift, so that the
-sums over pixels are two matrix products of all the batch's stars with all the templates.
+sums over pixels are two matrix products of a chunk of stars with all the templates.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ DEFAULT_STAR_TEMPLATES = "sdss-star-templates.asdf"
 POLY_DEGREE = 2
 """Degree of the additive polynomial fitted with each template."""
 CHUNK_STARS = 64
-"""Stars fitted together: their rest-frame arrays (``(32, K + 2, P)`` doubles, ~5 MB) stay
-in cache while the templates are read once per chunk."""
+"""Stars fitted together (sorted by redshift shift): their rest-frame arrays (``(64, K + 2,
+P)`` doubles, ~8 MB) are made once and the templates read once per chunk."""
 
 
 class StarTemplatesError(ValueError):
