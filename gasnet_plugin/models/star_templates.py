@@ -169,15 +169,13 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     # template pixel of observed pixel 0, per star
     start = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - templates.loglam0)
                      / templates.dloglam).astype(np.int64)
-    x = np.linspace(-1, 1, n_pix)
-    powers = np.stack([x**k for k in range(POLY_DEGREE + 1)])               # (K, P)
     padded, padded_squared = templates.padded(n_pix)
     fitted = np.flatnonzero(ok)
     fitted = fitted[np.argsort(start[fitted], kind="stable")]   # neighbours in z together
     for first in range(0, fitted.size, CHUNK_STARS):
         rows = fitted[first:first + CHUNK_STARS]
         all_chi2[rows] = _fit_stars(padded, padded_squared, flux[rows], ivar[rows],
-                                    start[rows], powers)
+                                    start[rows])
     found = np.isfinite(all_chi2).any(axis=1)
     index = np.where(found, np.argmin(all_chi2, axis=1), -1)
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)
@@ -186,18 +184,21 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
 
 
 def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
-               ivar: np.ndarray, start: np.ndarray, powers: np.ndarray) -> np.ndarray:
-    """χ² ``(b, T)`` of every template (times an amplitude, plus the polynomial
-    ``powers`` ``(K, P)``) fitted to ``b`` stars (``flux``, ``ivar`` ``(b, P)``) whose
-    observed pixel 0 is template pixel ``start`` ``(b,)``; inf where the amplitude is not
-    positive. ``padded`` and ``padded_squared``: :meth:`StarTemplates.padded`.
+               ivar: np.ndarray, start: np.ndarray) -> np.ndarray:
+    """χ² ``(b, T)`` of every template (times an amplitude, plus a polynomial of degree
+    :data:`POLY_DEGREE` in x ∈ [−1, 1] across the observed pixels) fitted to ``b`` stars
+    (``flux``, ``ivar`` ``(b, P)``) whose observed pixel 0 is template pixel ``start``
+    ``(b,)``; inf where the amplitude is not positive. ``padded`` and ``padded_squared``:
+    :meth:`StarTemplates.padded`.
 
     Every star is moved onto one rest-frame window of the templates, so that all share the
     templates' matrix: two products over the stars instead of two per redshift shift
     (each of which would read all the templates again)."""
     n_stars, n_pix = flux.shape
     n_templates = padded.shape[0]
-    k = powers.shape[0]
+    k = POLY_DEGREE + 1
+    x = np.linspace(-1, 1, n_pix)                  # the polynomial's variable, per pixel
+    powers = np.stack([x**power for power in range(k)])                    # (K, P)
     n_rest = padded.shape[1] - 2 * n_pix
     shift = np.clip(start, -n_pix, n_rest)
     low = int(shift.min())
@@ -210,7 +211,8 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     f = flux.astype(np.float64)
     wf = w * f
     # in the rest window: the weights and the weighted flux (scattered), and the weighted
-    # polynomial terms (x is affine in the window pixel: computed there, not scattered)
+    # polynomial terms (x is affine in the pixel: x_rest is x at each star's window pixels,
+    # computed there, not scattered)
     row_index = np.arange(n_stars)[:, None]
     weights = np.zeros((n_stars, width))
     weights[row_index, at] = w
