@@ -1,4 +1,5 @@
-"""The fast SDSS path gives exactly what astropy's path gives, and falls back when it must."""
+"""The fast paths (SDSS spec files, DESI coadds) give exactly what astropy's path gives,
+and fall back when they must."""
 
 from __future__ import annotations
 
@@ -26,23 +27,29 @@ def both_paths(path):
     return fast, slow
 
 
-@pytest.mark.parametrize("path", SDSS_FILES, ids=lambda p: p.name)
-def test_fast_sdss_path_equals_astropy_path(path):
-    assert READERS.get("sdss-spec").identify_raw(read_hdus(path.read_bytes()))
-    fast, slow = both_paths(path)
+def assert_same_spectra(fast, slow):
+    """Bit for bit: grid, units, flux, ivar, mask, label rows (values and kinds), header."""
     assert len(fast) == len(slow) == 1
     a, b = fast[0], slow[0]
     np.testing.assert_array_equal(a.spectral_axis.value, b.spectral_axis.value)
     assert a.spectral_axis.unit == b.spectral_axis.unit and a.flux.unit == b.flux.unit
+    assert a.flux.dtype == b.flux.dtype and a.uncertainty.array.dtype == b.uncertainty.array.dtype
     np.testing.assert_array_equal(a.flux.value, b.flux.value)
     np.testing.assert_array_equal(a.uncertainty.array, b.uncertainty.array)
     np.testing.assert_array_equal(a.mask, b.mask)
     rows_a, rows_b = a.meta["rows"], b.meta["rows"]
     assert rows_a.colnames == rows_b.colnames
     for name in rows_a.colnames:
-        assert list(rows_a[name]) == list(rows_b[name]), name
+        np.testing.assert_array_equal(np.asarray(rows_a[name]), np.asarray(rows_b[name]),
+                                      err_msg=name)
         assert rows_a[name].dtype.kind == rows_b[name].dtype.kind, name
     assert dict(a.meta["header"]) == dict(b.meta["header"])
+
+
+@pytest.mark.parametrize("path", SDSS_FILES, ids=lambda p: p.name)
+def test_fast_sdss_path_equals_astropy_path(path):
+    assert READERS.get("sdss-spec").identify_raw(read_hdus(path.read_bytes()))
+    assert_same_spectra(*both_paths(path))
 
 
 @pytest.mark.parametrize("path", SDSS_FILES[:2], ids=lambda p: p.name)
@@ -110,9 +117,10 @@ def test_what_it_cannot_read_goes_the_usual_way(tmp_path):
 
 
 def test_only_a_file_a_fast_path_takes_is_read_whole(monkeypatch):
-    """The headers are probed from the file; its bytes are read only for a reader with a
-    fast path that takes it (an SDSS spec file), not for a DESI coadd, which astropy then
-    reads from the file itself (a 500-target coadd is ~200 MB, mostly unused)."""
+    """The headers are probed from the file; its bytes are read whole only for a reader
+    whose fast path takes them so (an SDSS spec file), not for a DESI coadd, whose fast
+    path maps the file and reads the images it needs (a 500-target coadd is ~200 MB,
+    mostly resolution data no reader uses)."""
     from conftest import DESI_FILE
 
     from gasnet_plugin.io.fits_raw import read_hdus_from
@@ -120,7 +128,9 @@ def test_only_a_file_a_fast_path_takes_is_read_whole(monkeypatch):
     sdss = SDSS_FILES[0]
     spectra, raw = readers_module._read_raw(str(sdss), "auto", READERS)
     assert raw == sdss.read_bytes() and len(spectra) == 1
-    assert readers_module._read_raw(str(DESI_FILE), "auto", READERS) == (None, None)
+    # a DESI coadd's fast path maps the file instead: nothing is read whole
+    spectra, raw = readers_module._read_raw(str(DESI_FILE), "auto", READERS)
+    assert raw is None and len(spectra[0].meta["rows"]) == 2
     # the probe's HDUs are those parsed from the whole bytes
     with open(DESI_FILE, "rb") as handle:
         probed = read_hdus_from(handle, DESI_FILE.stat().st_size)
@@ -128,3 +138,66 @@ def test_only_a_file_a_fast_path_takes_is_read_whole(monkeypatch):
     assert [(h.text, h.data_start, h.data_size) for h in probed] == \
         [(h.text, h.data_start, h.data_size) for h in whole]
     assert len(read_spectra(DESI_FILE, readers=READERS)[0].meta["rows"]) == 2
+
+
+def synthetic_coadd(path, n_targets, rng, mask_arms=("B", "R"), flux_scale=None):
+    """A DESI-like coadd: three overlapping arms on one 0.8 Å grid, with masked pixels
+    (also in the overlaps), NaN flux, infinite, zero and negative ivar; the arms without
+    a mask in ``mask_arms`` have no MASK HDU; 1-D images for one target."""
+    hdus = [fits.PrimaryHDU(header=fits.Header([("SPGRP", "healpix")])),
+            fits.BinTableHDU.from_columns(
+                [fits.Column("TARGETID", "K", array=np.arange(n_targets) + 39627000),
+                 fits.Column("OBJTYPE", "3A", array=["TGT"] * n_targets)],
+                name="FIBERMAP")]
+    for arm, (first, size) in zip("BRZ", ((0, 90), (70, 100), (150, 60)), strict=True):
+        wave = 3600.0 + 0.8 * (first + np.arange(size))
+        flux = rng.normal(1, 0.5, (n_targets, size)).astype(np.float32)
+        ivar = rng.uniform(0.1, 3, (n_targets, size)).astype(np.float32)
+        flux[rng.random(flux.shape) < 0.03] = np.nan
+        ivar[rng.random(ivar.shape) < 0.03] = np.inf
+        ivar[rng.random(ivar.shape) < 0.05] = 0
+        ivar[rng.random(ivar.shape) < 0.03] = -1
+        mask = np.where(rng.random(flux.shape) < 0.1, 2**31 + 4, 0).astype(np.uint32)
+        squeeze = (lambda a: a[0]) if n_targets == 1 else (lambda a: a)
+        hdus.append(fits.ImageHDU(wave, name=f"{arm}_WAVELENGTH"))
+        hdus.append(fits.ImageHDU(squeeze(flux), name=f"{arm}_FLUX"))
+        hdus[-1].header["BUNIT"] = "10**-17 erg/(s cm2 Angstrom)"
+        if flux_scale is not None and arm == "R":
+            hdus[-1] = fits.ImageHDU(np.nan_to_num(squeeze(flux) / flux_scale).astype(np.int16),
+                                     name="R_FLUX")
+            hdus[-1].header["BSCALE"] = flux_scale
+        hdus.append(fits.ImageHDU(squeeze(ivar), name=f"{arm}_IVAR"))
+        if arm in mask_arms:
+            hdus.append(fits.ImageHDU(squeeze(mask), name=f"{arm}_MASK"))
+    fits.HDUList(hdus).writeto(path)
+    return path
+
+
+@pytest.mark.parametrize("n_targets", [1, 7])
+def test_fast_desi_path_equals_astropy_path(tmp_path, n_targets):
+    """The real coadd fixture and synthetic ones with every kind of bad pixel: the mapped
+    fast path (the compiled join) gives astropy's path's spectra bit for bit."""
+    from conftest import DESI_FILE
+
+    for path in (DESI_FILE, synthetic_coadd(tmp_path / "coadd.fits", n_targets,
+                                            np.random.default_rng(n_targets))):
+        assert READERS.get("desi-coadd").identify_raw(read_hdus(path.read_bytes()))
+        spectra, raw = readers_module._read_raw(str(path), "auto", READERS)
+        assert spectra is not None and raw is None      # the fast path took it
+        fast, slow = both_paths(path)
+        assert_same_spectra(fast, slow)
+        assert len(fast[0].meta["rows"]) == (2 if path == DESI_FILE else n_targets)
+
+
+def test_desi_files_the_fast_path_does_not_handle_go_the_usual_way(tmp_path):
+    """A scaled integer flux image: the fast path refuses it (RawFitsError) and astropy's
+    path reads the file, applying the scale."""
+    from gasnet_plugin.io.desi_raw import read_raw
+
+    path = synthetic_coadd(tmp_path / "scaled.fits", 3, np.random.default_rng(5),
+                           flux_scale=0.01)
+    raw = path.read_bytes()
+    with pytest.raises(RawFitsError, match="R_FLUX"):
+        read_raw(raw, read_hdus(raw), str(path))
+    fast, slow = both_paths(path)
+    assert_same_spectra(fast, slow)

@@ -110,7 +110,8 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
         wf = (w_b * f_b)[:, None, :]                                 # (r, 1, N)
         for i, offset in enumerate(offsets):
             xo = x_b[:, :, offset:offset + n_obs]                    # (r, K, N)
-            normal = torch.einsum("bkn,bjn->bkj", xo * w_b[:, None, :], xo).double()
+            # bmm on the strided window (einsum first copies it whole: ~2× slower)
+            normal = torch.bmm(xo * w_b[:, None, :], xo.transpose(1, 2)).double()
             rhs = (wf @ xo.transpose(1, 2))[:, 0].double()           # (r, K)
             scale = torch.diagonal(normal, dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
             ridge = 1e-10 * scale[:, None, None] * ridge_unit

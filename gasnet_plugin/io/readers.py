@@ -34,7 +34,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from astropy.io import fits
 
@@ -175,7 +175,10 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
     (``identify_raw``/``read_raw``, :mod:`gasnet_plugin.io.fits_raw`) that identifies it
     (and is the one asked for), and the bytes read (``None`` if none were); spectra
     ``None``: astropy reads the file as always. Any failure here falls back too, so errors
-    are reported by the usual path."""
+    are reported by the usual path.
+
+    A fast path gets the file's bytes read whole, or, where it says ``reads_mapped`` (it
+    needs a small part of a large file: a DESI coadd), the file memory-mapped."""
     from gasnet_plugin.io.fits_raw import TruncatedFitsError, read_hdus_from
 
     candidates = [r for r in readers if hasattr(r, "read_raw")
@@ -197,6 +200,8 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
                 if not hasattr(candidate, "read_raw"):
                     return None, None    # an earlier reader without a fast path decides
                 if candidate.identify_raw(hdus):
+                    if getattr(candidate, "reads_mapped", False):
+                        return _read_mapped(candidate, handle, hdus, source), None
                     handle.seek(0)
                     raw = handle.read()
                     return candidate.read_raw(raw, hdus, source), raw
@@ -205,6 +210,21 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
         raise
     except Exception:  # anything odd (RawFitsError, ...): astropy's path decides and reports
         return None, raw
+
+
+def _read_mapped(candidate: SpectrumReader, handle: BinaryIO, hdus: list,
+                 source: str) -> list[Spectrum]:
+    """``candidate.read_raw`` on the file open in ``handle``, memory-mapped read-only; the
+    map is closed after (or, should the spectra still view it, when they go)."""
+    import contextlib
+    import mmap
+
+    mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        return candidate.read_raw(mapped, hdus, source)
+    finally:
+        with contextlib.suppress(BufferError):
+            mapped.close()
 
 
 def _refuse_truncated(source: str, caught: list[warnings.WarningMessage]) -> None:
