@@ -1,5 +1,5 @@
-"""The fast paths (SDSS spec files, DESI coadds) give exactly what astropy's path gives,
-and fall back when they must."""
+"""The fast paths (SDSS spec files, LAMOST spectra, DESI coadds) give exactly what
+astropy's path gives, and fall back when they must."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import SDSS_FILES
+from conftest import LAMOST_FILES, SDSS_FILES
 
 import gasnet_plugin.io.readers as readers_module
 from gasnet_plugin.host.plugins import PluginHost
@@ -46,10 +46,32 @@ def assert_same_spectra(fast, slow):
     assert dict(a.meta["header"]) == dict(b.meta["header"])
 
 
-@pytest.mark.parametrize("path", SDSS_FILES, ids=lambda p: p.name)
-def test_fast_sdss_path_equals_astropy_path(path):
-    assert READERS.get("sdss-spec").identify_raw(read_hdus(path.read_bytes()))
+@pytest.mark.parametrize("path", SDSS_FILES + LAMOST_FILES, ids=lambda p: p.name)
+def test_fast_sdss_and_lamost_paths_equal_astropy_path(path):
+    reader = READERS.get("sdss-spec" if path in SDSS_FILES else "lamost-dr1")
+    assert reader.identify_raw(read_hdus(path.read_bytes()))
+    spectra, raw = readers_module._read_raw(str(path), "auto", READERS)
+    assert spectra is not None and raw is not None       # the fast path took it
     assert_same_spectra(*both_paths(path))
+
+
+def test_a_scaled_lamost_image_goes_the_usual_way(tmp_path):
+    """A LAMOST file whose primary image is stored scaled (BSCALE): the fast path refuses
+    it and astropy's path reads it, applying the scale."""
+    with fits.open(LAMOST_FILES[0]) as hdul:
+        header, data = hdul[0].header.copy(), hdul[0].data.copy()
+    path = tmp_path / "scaled.fits"
+    hdu = fits.PrimaryHDU(header=header)
+    hdu.data = np.nan_to_num(data / 0.001).clip(-32000, 32000).astype(np.int16)
+    hdu.header["BSCALE"] = 0.001
+    hdu.writeto(path)
+    raw = path.read_bytes()
+    assert READERS.get("lamost-dr1").identify_raw(read_hdus(raw))
+    with pytest.raises(RawFitsError, match="float32"):
+        READERS.get("lamost-dr1").read_raw(raw, read_hdus(raw), str(path))
+    fast, slow = both_paths(path)
+    assert_same_spectra(fast, slow)
+    assert fast[0].flux.value[100] == pytest.approx(0.001 * hdu.data[0, 100], rel=1e-6)
 
 
 @pytest.mark.parametrize("path", SDSS_FILES[:2], ids=lambda p: p.name)

@@ -14,16 +14,20 @@ Wavelengths are vacuum (``VACUUM = T``); a file saying ``VACUUM = F`` is convert
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from astropy.io import fits
 
+from gasnet_plugin.io.fits_raw import RawFitsError
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import build_spectrum
 
 if TYPE_CHECKING:
     from specutils import Spectrum
+
+    from gasnet_plugin.io.fits_raw import RawHDU
 
 LAMOST_FORMAT = "LAMOST DR1 1D"
 
@@ -39,19 +43,25 @@ def is_lamost_dr1(hdul: fits.HDUList) -> bool:
 def lamost_spectrum(hdul: fits.HDUList, source: str) -> Spectrum:
     """The spectrum of a LAMOST DR1 file, with its header labels in ``meta["rows"]``."""
     header = hdul[0].header
-    data = np.asarray(hdul[0].data, dtype=np.float32)
+    return _spectrum(np.asarray(hdul[0].data, dtype=np.float32), header, header, source)
+
+
+def _spectrum(data: np.ndarray, values: Mapping[str, Any], header: fits.Header,
+              source: str) -> Spectrum:
+    """The spectrum from the primary image ``data`` ``(5, N)`` float32 and the primary
+    header's ``values`` (astropy's header, or the fast path's parsed cards)."""
     if data.ndim != 2 or data.shape[0] < 2:
         raise ValueError(f"primary image has shape {data.shape}; expected 5 × N")
     npix = data.shape[1]
-    loglam = header["COEFF0"] + header["COEFF1"] * np.arange(npix)
+    loglam = values["COEFF0"] + values["COEFF1"] * np.arange(npix)
     mask = data[3] != 0 if data.shape[0] > 3 else None
     rows = label_rows(1, source, SURVEY="LAMOST", HDU=0, ROW=0,
-                      OBJECT=str(header.get("DESIG", "")).strip(),
-                      SURVEY_CLASS=header.get("CLASS", ""),
-                      SURVEY_SUBCLASS=header.get("SUBCLASS", ""),
-                      SURVEY_Z=header.get("Z", np.nan), SURVEY_ZERR=header.get("Z_ERR", np.nan))
+                      OBJECT=str(values.get("DESIG", "")).strip(),
+                      SURVEY_CLASS=values.get("CLASS", ""),
+                      SURVEY_SUBCLASS=values.get("SUBCLASS", ""),
+                      SURVEY_Z=values.get("Z", np.nan), SURVEY_ZERR=values.get("Z_ERR", np.nan))
     return build_spectrum(10.0**loglam, data[0], data[1], mask, None, rows,
-                          wavelength_in_air=header.get("VACUUM") is False, header=header)
+                          wavelength_in_air=values.get("VACUUM") is False, header=header)
 
 
 class LamostDR1Reader:
@@ -65,3 +75,26 @@ class LamostDR1Reader:
 
     def read(self, hdul: fits.HDUList, source: str) -> list[Spectrum]:
         return [lamost_spectrum(hdul, source)]
+
+    # -- the fast path ---------------------------------------------------------------------
+
+    def identify_raw(self, hdus: list[RawHDU]) -> bool:
+        """:meth:`identify` on :func:`~gasnet_plugin.io.fits_raw.read_hdus`' headers."""
+        cards = hdus[0].cards
+        return (str(cards.get("TELESCOP", "")).strip().startswith("LAMOST")
+                and cards.get("NAXIS") == 2 and int(cards.get("NAXIS2", 0)) >= 2
+                and "COEFF0" in cards and "COEFF1" in cards)
+
+    def read_raw(self, raw: bytes, hdus: list[RawHDU], source: str) -> list[Spectrum]:
+        """:meth:`read` from the file's bytes: the primary image read in place (float32,
+        unscaled; anything else raises :class:`~gasnet_plugin.io.fits_raw.RawFitsError`
+        and goes astropy's way), its labels from the parsed header cards."""
+        primary = hdus[0]
+        cards = primary.cards
+        if int(cards["BITPIX"]) != -32 or float(cards.get("BSCALE", 1)) != 1 \
+                or float(cards.get("BZERO", 0)) != 0:
+            raise RawFitsError("primary image not unscaled float32")
+        shape = (int(cards["NAXIS2"]), int(cards["NAXIS1"]))
+        data = np.frombuffer(raw, dtype=">f4", count=shape[0] * shape[1],
+                             offset=primary.data_start).reshape(shape).astype(np.float32)
+        return [_spectrum(data, cards, primary.header, source)]
