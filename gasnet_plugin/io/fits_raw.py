@@ -16,6 +16,7 @@ behaviour never differs, only speed.
 
 from __future__ import annotations
 
+import functools
 import io
 import re
 from collections.abc import Iterator, Mapping
@@ -72,6 +73,11 @@ class HeaderCards(Mapping[str, "str | int | float | bool"]):
         self._fields = {text[i:i + 8].rstrip(): text[i + 10:i + CARD]
                         for i in range(0, len(text), CARD) if text[i + 8:i + 10] == "= "}
         self._values: dict[str, str | int | float | bool] = {}
+
+    @property
+    def fields(self) -> Mapping[str, str]:
+        """Keyword → the card's unparsed value field (the text after ``"= "``)."""
+        return self._fields
 
     def __getitem__(self, keyword: str) -> str | int | float | bool:
         if keyword not in self._values:
@@ -149,12 +155,57 @@ def read_hdus_from(handle: BinaryIO, size: int) -> list[RawHDU]:
     return hdus
 
 
-def column_names(hdu: RawHDU) -> list[str]:
-    """The names of a binary table's columns (``TTYPEn``), in order."""
+@dataclass(frozen=True)
+class TableLayout:
+    """A binary table's columns: names (``TTYPEn``), formats (``TFORMn``) and the byte
+    offset of each within a row, in column order."""
+
+    names: list[str]
+    formats: list[str]
+    offsets: list[int]
+    row_bytes: int
+
+
+def table_layout(hdu: RawHDU) -> TableLayout:
+    """The columns of binary table ``hdu``, found once and kept on it (a BOSS HDU2 has
+    ~240 columns, whose offsets a read needs up to the last column it reads; the
+    ``TTYPEn``/``TFORMn`` value fields are taken from the cards as split when the header
+    was read, and each distinct format is parsed once)."""
+    cached = getattr(hdu, "_layout", None)
+    if cached is not None:
+        return cached
     if str(hdu.cards.get("XTENSION", "")).strip() != "BINTABLE":
         raise RawFitsError("not a binary table")
-    return [str(hdu.cards.get(f"TTYPE{i}", "")).strip()
-            for i in range(1, int(hdu.cards["TFIELDS"]) + 1)]
+    n_columns = int(hdu.cards["TFIELDS"])
+    fields = hdu.cards.fields
+    try:
+        formats = [_string_value(fields[f"TFORM{i}"]) for i in range(1, n_columns + 1)]
+    except KeyError as missing:
+        raise RawFitsError(f"no {missing.args[0]} card") from None
+    names = [_string_value(fields.get(f"TTYPE{i}", "''")).strip()
+             for i in range(1, n_columns + 1)]
+    offsets, offset = [], 0
+    for tform in formats:
+        offsets.append(offset)
+        offset += _field_bytes(tform)
+    layout = TableLayout(names, formats, offsets, offset)
+    hdu._layout = layout
+    return layout
+
+
+def _string_value(field: str) -> str:
+    """A card's value field as text: a quoted string without its quotes and trailing
+    blanks (:func:`parse_value`), anything else as written."""
+    if field.startswith("'"):           # the usual case, without a regular expression
+        end = field.find("'", 1)
+        if end > 0 and field[end + 1:end + 2] != "'":
+            return field[1:end].rstrip()
+    return str(parse_value(field))
+
+
+def column_names(hdu: RawHDU) -> list[str]:
+    """The names of a binary table's columns (``TTYPEn``), in order."""
+    return list(table_layout(hdu).names)
 
 
 def read_columns(raw: bytes, hdu: RawHDU, names: list[str]) -> dict[str, np.ndarray]:
@@ -162,26 +213,22 @@ def read_columns(raw: bytes, hdu: RawHDU, names: list[str]) -> dict[str, np.ndar
     as astropy's ``hdu.data[name]`` gives them (scaled, strings without trailing blanks,
     native byte order)."""
     header = hdu.cards
-    available = column_names(hdu)
-    lookup = {name.lower(): i for i, name in enumerate(available)}
+    layout = table_layout(hdu)
+    lookup = {name.lower(): i for i, name in enumerate(layout.names)}
     n_rows, width = int(header["NAXIS2"]), int(header["NAXIS1"])
-    offsets, offset = [], 0
-    for i in range(1, len(available) + 1):
-        offsets.append(offset)
-        offset += _field_bytes(str(header[f"TFORM{i}"]))
-    if offset != width:
+    if layout.row_bytes != width:
         raise RawFitsError("columns do not add up to the row width")
     out = {}
     for name in names:
         if name.lower() not in lookup:
             raise RawFitsError(f"no column {name}")
         i = lookup[name.lower()]
-        repeat, code = _parse_tform(str(header[f"TFORM{i + 1}"]))
+        repeat, code = _parse_tform(layout.formats[i])
         if code not in _CODES and code != "A":
             raise RawFitsError(f"column {name}: format {code} not handled")
         fmt = f"S{repeat}" if code == "A" else (
             _CODES[code] if repeat == 1 else (_CODES[code], (repeat,)))
-        dtype = np.dtype({"names": ["v"], "formats": [fmt], "offsets": [offsets[i]],
+        dtype = np.dtype({"names": ["v"], "formats": [fmt], "offsets": [layout.offsets[i]],
                           "itemsize": width})
         values = np.frombuffer(raw, dtype=dtype, count=n_rows, offset=hdu.data_start)["v"]
         if code == "A":
@@ -209,6 +256,7 @@ def _parse_tform(tform: str) -> tuple[int, str]:
     return int(match.group(1) or 1), match.group(2)
 
 
+@functools.lru_cache(maxsize=256)
 def _field_bytes(tform: str) -> int:
     repeat, code = _parse_tform(tform)
     sizes = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8,

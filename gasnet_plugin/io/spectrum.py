@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,14 @@ def parse_flux_unit(text: str | None, default: u.UnitBase) -> u.UnitBase:
     """
     if text is None or not str(text).strip():
         return default
-    text = str(text).strip().replace("^", "")
+    return _parse_unit(str(text))
+
+
+@functools.lru_cache(maxsize=128)
+def _parse_unit(text: str) -> u.UnitBase:
+    """:func:`parse_flux_unit` of a non-empty string (a survey writes the same few: each
+    is parsed once per process; units are immutable)."""
+    text = text.strip().replace("^", "")
     if "Ang" in text and "Angstrom" not in text:
         text = text.replace("Ang", "Angstrom")
     with warnings.catch_warnings():
