@@ -22,6 +22,8 @@ from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import SDSS_FLUX_UNIT, build_spectrum, parse_flux_unit
 
 if TYPE_CHECKING:
+    import mmap
+
     from specutils import Spectrum
 
     from gasnet_plugin.io.fits_raw import RawHDU
@@ -153,11 +155,13 @@ class DesiCoaddReader:
 
     def identify_raw(self, hdus: list[RawHDU]) -> bool:
         """:meth:`identify` on :func:`~gasnet_plugin.io.fits_raw.read_hdus`' headers."""
-        from gasnet_plugin.io.desi_raw import identify_raw
+        from gasnet_plugin.io.fits_raw import extension_index
 
-        return identify_raw(hdus)
+        names = extension_index(hdus)
+        return "FIBERMAP" in names and any(f"{arm}_FLUX" in names for arm in ARMS)
 
-    def read_raw(self, mapped: bytes, hdus: list[RawHDU], source: str) -> list[Spectrum]:
+    def read_raw(self, mapped: bytes | mmap.mmap, hdus: list[RawHDU],
+                 source: str) -> list[Spectrum]:
         """:meth:`read` from the memory-mapped file (:mod:`gasnet_plugin.io.desi_raw`);
         raises :class:`~gasnet_plugin.io.fits_raw.RawFitsError` for what it does not
         handle."""

@@ -22,31 +22,17 @@ import numba
 import numpy as np
 
 from gasnet_plugin.io.desi import ARMS, arm_layout, finish_overlaps
-from gasnet_plugin.io.fits_raw import RawFitsError, RawHDU, read_columns
+from gasnet_plugin.io.fits_raw import RawFitsError, RawHDU, extension_index, read_columns
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import SDSS_FLUX_UNIT, build_spectrum, parse_flux_unit
 
 if TYPE_CHECKING:
+    import mmap
+
     from specutils import Spectrum
 
 
-def extensions(hdus: list[RawHDU]) -> dict[str, int]:
-    """EXTNAME → HDU index (the first of a name)."""
-    out: dict[str, int] = {}
-    for index, hdu in enumerate(hdus):
-        name = str(hdu.cards.get("EXTNAME", "")).strip().upper()
-        if name:
-            out.setdefault(name, index)
-    return out
-
-
-def identify_raw(hdus: list[RawHDU]) -> bool:
-    """A FIBERMAP table and some arm's flux image (the reader's ``identify``)."""
-    names = extensions(hdus)
-    return "FIBERMAP" in names and any(f"{arm}_FLUX" in names for arm in ARMS)
-
-
-def _image(mapped: bytes, hdu: RawHDU, what: str) -> np.ndarray:
+def _image(mapped: bytes | mmap.mmap, hdu: RawHDU, what: str) -> np.ndarray:
     """The image of ``hdu`` in place, ``(n, P)`` (``n`` = 1 for a 1-D image): 32-bit data
     as its stored words read as native uint32 (big-endian bytes, swapped by the join),
     BITPIX −64 as big-endian float64."""
@@ -71,9 +57,10 @@ def _unscaled(hdu: RawHDU, what: str) -> None:
         raise RawFitsError(f"{what}: scaled values not handled")
 
 
-def read_raw(mapped: bytes, hdus: list[RawHDU], source: str) -> list[Spectrum]:
+def read_raw(mapped: bytes | mmap.mmap, hdus: list[RawHDU], source: str,
+             ) -> list[Spectrum]:
     """The reader's ``read`` from the file's (mapped) bytes; see the module docstring."""
-    names = extensions(hdus)
+    names = extension_index(hdus)
     arms = [arm for arm in ARMS if f"{arm}_FLUX" in names]
     waves, images = [], []
     for arm in arms:

@@ -203,6 +203,16 @@ def _string_value(field: str) -> str:
     return str(parse_value(field))
 
 
+def extension_index(hdus: list[RawHDU]) -> dict[str, int]:
+    """EXTNAME (upper case) → HDU index, the first HDU of each name."""
+    out: dict[str, int] = {}
+    for index, hdu in enumerate(hdus):
+        name = str(hdu.cards.get("EXTNAME", "")).strip().upper()
+        if name:
+            out.setdefault(name, index)
+    return out
+
+
 def column_names(hdu: RawHDU) -> list[str]:
     """The names of a binary table's columns (``TTYPEn``), in order."""
     return list(table_layout(hdu).names)
