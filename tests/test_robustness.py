@@ -593,6 +593,29 @@ def test_small_files_cannot_make_a_reader_allocate_gigabytes(tmp_path):
         join_arms([wave, far], [ones, ones], [ones, ones], [ones * 0, ones * 0])
 
 
+def test_desi_arms_with_decreasing_or_nan_wavelengths_are_refused_by_name(tmp_path):
+    """Through either reading path (the fast one maps the file), a coadd whose wavelengths
+    decrease or hold NaN is an unreadable file with the reason, not garbage."""
+    from astropy.io import fits
+
+    from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
+
+    for name, wave, reason in (
+            ("decreasing", 9000.0 - 0.8 * np.arange(50), "do not increase"),
+            ("nan", np.where(np.arange(50) == 7, np.nan, 3600.0 + 0.8 * np.arange(50)),
+             "not finite")):
+        path = tmp_path / f"coadd-{name}.fits"
+        fits.HDUList([
+            fits.PrimaryHDU(),
+            fits.BinTableHDU.from_columns([fits.Column("TARGETID", "K", array=[1, 2])],
+                                          name="FIBERMAP"),
+            fits.ImageHDU(wave, name="B_WAVELENGTH"),
+            fits.ImageHDU(np.ones((2, 50), np.float32), name="B_FLUX"),
+            fits.ImageHDU(np.ones((2, 50), np.float32), name="B_IVAR")]).writeto(path)
+        with pytest.raises(UnreadableFileError, match=f"{path.name}.*{reason}"):
+            read_spectra(path)
+
+
 def test_a_full_disk_is_a_clear_error_with_no_temporary_file(tmp_path):
     """A write that fails (file-size limit standing in for a full disk): exit 2 naming
     the output and the cause, no traceback, no temporary file left."""

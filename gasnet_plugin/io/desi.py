@@ -60,10 +60,14 @@ def arm_layout(waves: list[np.ndarray]) -> ArmLayout:
     Raises
     ------
     ValueError
-        When the arms do not share one linear grid, or lie so far apart that the union
-        grid would be mostly gap.
+        When the arms do not share one increasing linear grid, or lie so far apart that
+        the union grid would be mostly gap.
     """
+    if not all(len(w) > 1 and np.all(np.isfinite(w)) for w in waves):
+        raise ValueError("an arm's wavelengths are not finite, or it has fewer than 2 pixels")
     step = waves[0][1] - waves[0][0]
+    if not step > 0:
+        raise ValueError("the arms' wavelengths do not increase")
     start = min(w[0] for w in waves)
     offsets = []
     for wave in waves:
