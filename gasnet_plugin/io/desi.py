@@ -12,6 +12,7 @@ the same spectra bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Container
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -145,6 +146,12 @@ def finish_overlaps(flux_out: np.ndarray, ivar_out: np.ndarray, shared: np.ndarr
     ivar_out[:, shared] = weight
 
 
+def _has_coadd_hdus(names: Container[str]) -> bool:
+    """A FIBERMAP and some arm's flux among the HDU ``names`` (an ``HDUList`` or the fast
+    path's EXTNAME index)."""
+    return "FIBERMAP" in names and any(f"{arm}_FLUX" in names for arm in ARMS)
+
+
 class DesiCoaddReader:
     """DESI coadds: one 2-D spectrum ``(n_targets, P)`` per file, TARGETID from FIBERMAP."""
 
@@ -155,14 +162,13 @@ class DesiCoaddReader:
     """The fast path takes the file memory-mapped, not read whole (it needs ~a fifth)."""
 
     def identify(self, hdul: fits.HDUList) -> bool:
-        return "FIBERMAP" in hdul and any(f"{arm}_FLUX" in hdul for arm in ARMS)
+        return _has_coadd_hdus(hdul)
 
     def identify_raw(self, hdus: list[RawHDU]) -> bool:
         """:meth:`identify` on :func:`~gasnet_plugin.io.fits_raw.read_hdus`' headers."""
         from gasnet_plugin.io.fits_raw import extension_index
 
-        names = extension_index(hdus)
-        return "FIBERMAP" in names and any(f"{arm}_FLUX" in names for arm in ARMS)
+        return _has_coadd_hdus(extension_index(hdus))
 
     def read_raw(self, mapped: bytes | mmap.mmap, hdus: list[RawHDU],
                  source: str) -> list[Spectrum]:

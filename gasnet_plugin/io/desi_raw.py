@@ -32,29 +32,25 @@ if TYPE_CHECKING:
     from specutils import Spectrum
 
 
-def _image(mapped: bytes | mmap.mmap, hdu: RawHDU, what: str) -> np.ndarray:
-    """The image of ``hdu`` in place, ``(n, P)`` (``n`` = 1 for a 1-D image): 32-bit data
-    as its stored words read as native uint32 (big-endian bytes, swapped by the join),
-    BITPIX −64 as big-endian float64."""
+def _image(mapped: bytes | mmap.mmap, hdu: RawHDU, what: str, bitpix: int) -> np.ndarray:
+    """The image of ``hdu`` in place, ``(n, P)`` (``n`` = 1 for a 1-D image), which must
+    have ``BITPIX`` ``bitpix`` (and, for floats, no scaling): 32-bit data as its stored
+    words read as native uint32 (big-endian bytes, swapped by the join), BITPIX −64 as
+    big-endian float64."""
     cards = hdu.cards
     if str(cards.get("XTENSION", "IMAGE")).strip() != "IMAGE" or int(cards.get("PCOUNT", 0)):
         raise RawFitsError(f"{what}: not an image")
     naxis = int(cards.get("NAXIS", 0))
     if naxis not in (1, 2):
         raise RawFitsError(f"{what}: {naxis} axes")
+    if int(cards["BITPIX"]) != bitpix:
+        raise RawFitsError(f"{what}: BITPIX {cards['BITPIX']}, not {bitpix}")
+    if bitpix < 0 and (float(cards.get("BSCALE", 1)) != 1 or float(cards.get("BZERO", 0)) != 0):
+        raise RawFitsError(f"{what}: scaled values not handled")
     shape = (1, int(cards["NAXIS1"])) if naxis == 1 else (int(cards["NAXIS2"]),
                                                           int(cards["NAXIS1"]))
-    bitpix = int(cards["BITPIX"])
-    dtype = {32: "=u4", -32: "=u4", -64: ">f8"}.get(bitpix)
-    if dtype is None:
-        raise RawFitsError(f"{what}: BITPIX {bitpix} not handled")
-    return np.frombuffer(mapped, dtype=dtype, count=shape[0] * shape[1],
-                         offset=hdu.data_start).reshape(shape)
-
-
-def _unscaled(hdu: RawHDU, what: str) -> None:
-    if float(hdu.cards.get("BSCALE", 1)) != 1 or float(hdu.cards.get("BZERO", 0)) != 0:
-        raise RawFitsError(f"{what}: scaled values not handled")
+    return np.frombuffer(mapped, dtype=">f8" if bitpix == -64 else "=u4",
+                         count=shape[0] * shape[1], offset=hdu.data_start).reshape(shape)
 
 
 def read_raw(mapped: bytes | mmap.mmap, hdus: list[RawHDU], source: str,
@@ -67,26 +63,19 @@ def read_raw(mapped: bytes | mmap.mmap, hdus: list[RawHDU], source: str,
         for part in ("WAVELENGTH", "IVAR"):
             if f"{arm}_{part}" not in names:
                 raise RawFitsError(f"arm {arm} has flux but no {arm}_{part} HDU")
-        flux_hdu, ivar_hdu = hdus[names[f"{arm}_FLUX"]], hdus[names[f"{arm}_IVAR"]]
-        for hdu, what in ((flux_hdu, "FLUX"), (ivar_hdu, "IVAR")):
-            if int(hdu.cards["BITPIX"]) != -32:
-                raise RawFitsError(f"{arm}_{what}: not float32")
-            _unscaled(hdu, f"{arm}_{what}")
-        flux, ivar = _image(mapped, flux_hdu, "FLUX"), _image(mapped, ivar_hdu, "IVAR")
+        flux, ivar = (_image(mapped, hdus[names[f"{arm}_{part}"]], f"{arm}_{part}", -32)
+                      for part in ("FLUX", "IVAR"))
         # the mask's stored word that means 0: 0, or −2³¹ for unsigned 32-bit (BZERO 2³¹)
         mask, mask_zero = flux, np.uint32(0)
         if f"{arm}_MASK" in names:
             mask_hdu = hdus[names[f"{arm}_MASK"]]
             zero = float(mask_hdu.cards.get("BZERO", 0))
-            if int(mask_hdu.cards["BITPIX"]) != 32 or zero not in (0, 2**31) \
-                    or float(mask_hdu.cards.get("BSCALE", 1)) != 1:
+            if zero not in (0, 2**31) or float(mask_hdu.cards.get("BSCALE", 1)) != 1:
                 raise RawFitsError(f"{arm}_MASK: only 32-bit integer masks are handled")
-            mask, mask_zero = _image(mapped, mask_hdu, "MASK"), np.uint32(int(zero))
-        wave_hdu = hdus[names[f"{arm}_WAVELENGTH"]]
-        _unscaled(wave_hdu, f"{arm}_WAVELENGTH")
-        if int(wave_hdu.cards["BITPIX"]) != -64:
-            raise RawFitsError(f"{arm}_WAVELENGTH: not float64")
-        wave = _image(mapped, wave_hdu, "WAVELENGTH")[0].astype(np.float64)
+            mask = _image(mapped, mask_hdu, f"{arm}_MASK", 32)
+            mask_zero = np.uint32(int(zero))
+        wave = _image(mapped, hdus[names[f"{arm}_WAVELENGTH"]], f"{arm}_WAVELENGTH",
+                      -64)[0].astype(np.float64)
         if not (flux.shape == ivar.shape == mask.shape and flux.shape[1] == wave.size):
             raise RawFitsError(f"arm {arm}: flux, ivar, mask and wavelength do not match")
         waves.append(wave)

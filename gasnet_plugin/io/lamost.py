@@ -34,10 +34,15 @@ LAMOST_FORMAT = "LAMOST DR1 1D"
 
 def is_lamost_dr1(hdul: fits.HDUList) -> bool:
     """Whether ``hdul`` is a LAMOST 1-D spectrum with the 5-row primary image."""
-    header = hdul[0].header
-    return (str(header.get("TELESCOP", "")).strip().startswith("LAMOST")
-            and header.get("NAXIS") == 2 and header.get("NAXIS2", 0) >= 2
-            and "COEFF0" in header and "COEFF1" in header)
+    return _is_lamost_primary(hdul[0].header)
+
+
+def _is_lamost_primary(values: Mapping[str, Any]) -> bool:
+    """:func:`is_lamost_dr1` on the primary header's values (astropy's header, or the
+    fast path's parsed cards)."""
+    return (str(values.get("TELESCOP", "")).strip().startswith("LAMOST")
+            and values.get("NAXIS") == 2 and int(values.get("NAXIS2", 0)) >= 2
+            and "COEFF0" in values and "COEFF1" in values)
 
 
 def lamost_spectrum(hdul: fits.HDUList, source: str) -> Spectrum:
@@ -80,10 +85,7 @@ class LamostDR1Reader:
 
     def identify_raw(self, hdus: list[RawHDU]) -> bool:
         """:meth:`identify` on :func:`~gasnet_plugin.io.fits_raw.read_hdus`' headers."""
-        cards = hdus[0].cards
-        return (str(cards.get("TELESCOP", "")).strip().startswith("LAMOST")
-                and cards.get("NAXIS") == 2 and int(cards.get("NAXIS2", 0)) >= 2
-                and "COEFF0" in cards and "COEFF1" in cards)
+        return _is_lamost_primary(hdus[0].cards)
 
     def read_raw(self, raw: bytes, hdus: list[RawHDU], source: str) -> list[Spectrum]:
         """:meth:`read` from the file's bytes: the primary image read in place (float32,
