@@ -68,6 +68,7 @@ def process_spectra(config: str | os.PathLike[str] | dict[str, Any] | PipelineCo
     Spectrum per input spectrum, on the common grid, with its results row in ``meta``.
     """
     from gasnet_plugin.host.batch import InputBlock
+    from gasnet_plugin.host.collector import run_collector
     from gasnet_plugin.io.labels import label_rows
 
     pipeline = Pipeline(as_config(config))
@@ -79,7 +80,8 @@ def process_spectra(config: str | os.PathLike[str] | dict[str, Any] | PipelineCo
         blocks.append(InputBlock(rows=rows if rows is not None else label_rows(n, "<memory>"),
                                  spectrum=spectrum))
     annotated = []
-    for batch in pipeline.batches(blocks):
-        for done in pipeline.process_batch(batch):
-            annotated.extend(done.spectra())
+    with run_collector():
+        for batch in pipeline.batches(blocks):
+            for done in pipeline.process_batch(batch):
+                annotated.extend(done.spectra())
     return annotated

@@ -182,6 +182,38 @@ def test_a_run_sets_the_collector_and_restores_it_even_on_error(tmp_path):
     assert gc.get_threshold() == before
 
 
+@pytest.mark.parametrize("entry", ["Pipeline.run", "process_spectra"])
+def test_in_memory_runs_set_the_collector_too(entry, monkeypatch):
+    """The in-memory runs (``Pipeline.run``, ``api.process_spectra``) process their batches
+    with the collector at RUN_THRESHOLDS, as ``run_to_file`` does, and restore it."""
+    import gc
+    from pathlib import Path
+
+    from specutils import Spectrum
+
+    import gasnet_plugin.specutils_loaders  # noqa: F401  (registers the formats)
+    from gasnet_plugin import api
+    from gasnet_plugin.host import collector
+
+    seen = []
+    process_batch = Pipeline.process_batch
+
+    def recording(self, batch):
+        seen.append(gc.get_threshold())
+        return process_batch(self, batch)
+
+    monkeypatch.setattr(Pipeline, "process_batch", recording)
+    before = gc.get_threshold()
+    config = {"stages": ["resample"], "progress": False}
+    fixture = Path(__file__).parent / "data" / "spec-55862-B6212_sp06-003.fits"
+    if entry == "Pipeline.run":
+        Pipeline(parse_config(config)).run([fixture])
+    else:
+        api.process_spectra(config, [Spectrum.read(fixture, format="LAMOST DR1 1D")])
+    assert seen == [collector.RUN_THRESHOLDS]
+    assert gc.get_threshold() == before
+
+
 def test_overlapping_collector_blocks_restore_once_the_last_leaves():
     """Dask tasks in threads of one worker overlap: the first block in sets the run's
     thresholds, the last one out restores the caller's."""

@@ -445,10 +445,13 @@ class Pipeline:
             Show a progress bar over the files; ``None`` uses the config's ``progress``
             (and, if that is null, shows it for more than one file on a terminal).
         """
+        from gasnet_plugin.host.collector import run_collector
+
         files = expand_inputs(inputs, recursive=self.config.recursive)
-        with self.progress_bar(len(files), "file", progress) as bar:
-            outputs = list(self.stream(files, on_file_read=lambda: bar.update(1)))
-        results, arrays = assemble_outputs(outputs, self.archived_arrays)
+        with run_collector():
+            with self.progress_bar(len(files), "file", progress) as bar:
+                outputs = list(self.stream(files, on_file_read=lambda: bar.update(1)))
+            results, arrays = assemble_outputs(outputs, self.archived_arrays)
         return RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
 
     def progress_bar(self, total: int | None, unit: str, progress: bool | None,
