@@ -49,8 +49,9 @@ class CNNEngine(RedshiftEngine):
         "classifier": {"type": "string", "default": "default",
                        "description": "classifier model file, 'default' (shipped), or '' "
                                       "for none (SPECTYPE '')"},
-        "chunk": {"type": "integer", "minimum": 1, "default": 1024,
-                  "description": "spectra per forward pass (bounds memory)"},
+        "chunk": {"type": "integer", "minimum": 1, "default": 64,
+                  "description": "most spectra per forward pass (bounds memory; the batch "
+                                 "is cut into equal parts, same results)"},
     }
 
     def __init__(self, **params: Any) -> None:

@@ -62,8 +62,9 @@ class ClassifyStage(Stage):
         "regressor": {"type": "string", "default": "default",
                       "description": "redshift regressor model file for CNN_Z / CNN_ZERR, "
                                      "'default' (shipped), or '' for none"},
-        "chunk": {"type": "integer", "minimum": 1, "default": 1024,
-                  "description": "spectra per forward pass (bounds memory)"},
+        "chunk": {"type": "integer", "minimum": 1, "default": 64,
+                  "description": "most spectra per forward pass (bounds memory; the batch "
+                                 "is cut into equal parts, same results)"},
     }
 
     def __init__(self, **params: Any) -> None:
