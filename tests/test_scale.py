@@ -1,4 +1,4 @@
-"""Streaming to shards, resuming a killed run, and the Dask executor."""
+"""Streaming to shards, resuming a killed run, and the processes and Dask executors."""
 
 from __future__ import annotations
 
@@ -166,6 +166,93 @@ def test_dask_run_survives_a_killed_worker(tmp_path, many_files):
     assert len(done["archive"].results) == len(local.results) == 81
 
 
+def _worker_pids() -> set[int]:
+    """PIDs of this process's children that are ``processes``-executor workers."""
+    import os
+
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == os.getpid() and b"gasnet_plugin.host.process_worker" in cmdline:
+            pids.add(int(entry.name))
+    return pids
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the workers in /proc")
+def test_processes_executor_gives_the_local_archive_and_replaces_a_killed_worker(
+        tmp_path, many_files):
+    """executor: processes, 2 workers: one worker is killed (SIGKILL, by its PID) while
+    the shards are being computed; a new worker takes its shard again, and the archive
+    equals a local run's (one torch thread, as the workers): no row lost or twice. Then a
+    local run killed before its merge, with every other shard removed, is resumed under
+    the processes executor to the same archive."""
+    import os
+    import threading
+
+    import torch
+
+    from gasnet_plugin.host.shards import SHARD_NAME
+
+    files = sorted(many_files.iterdir())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)     # as the workers: float32 reductions depend on the threads
+    try:
+        local = Pipeline(as_config(small_config(tmp_path))).run_to_file(
+            files, tmp_path / "local.asdf")
+    finally:
+        torch.set_num_threads(threads)
+    processes = as_config(small_config(tmp_path, executor={"name": "processes",
+                                                           "n_workers": 2})).as_dict()
+    out = tmp_path / "processes.asdf"
+    parts = parts_folder(out)
+    done: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            done["archive"] = Pipeline(as_config(processes)).run_to_file(files, out)
+        except BaseException as exc:  # reported by the assertion below
+            done["error"] = exc
+
+    runner = threading.Thread(target=run)
+    runner.start()
+    victim, seen = None, set()
+    deadline = time.monotonic() + 300
+    while runner.is_alive() and time.monotonic() < deadline:
+        seen |= _worker_pids()
+        shards = parts.is_dir() and sum(bool(SHARD_NAME.match(p.name))
+                                        for p in parts.iterdir())
+        if victim is None and shards and seen:
+            victim = min(seen)
+            os.kill(victim, signal.SIGKILL)
+        time.sleep(0.05)
+    runner.join(timeout=60)
+    assert victim is not None, "no worker to kill"
+    assert not runner.is_alive() and "error" not in done, done.get("error")
+    assert len(seen) >= 3, "the killed worker was not replaced"
+    assert_same_archive(local, done["archive"])
+    assert done["archive"].run.config["executor"]["name"] == "processes"
+
+    mixed = tmp_path / "mixed.asdf"
+    torch.set_num_threads(1)
+    try:
+        stop_before_merge(Pipeline(as_config(small_config(tmp_path))), files, mixed)
+    finally:
+        torch.set_num_threads(threads)
+    store = ShardStore(parts_folder(mixed))
+    for index in store.indices()[::2]:
+        store.path(index).unlink()
+    resumed = Pipeline(as_config(processes)).run_to_file(files, mixed, resume=True)
+    assert resumed.run.config["executor"]["name"] == "processes"
+    assert_same_archive(local, resumed)
+
+
 def test_reading_from_a_cursor_skips_exactly_the_rows_before_it(tmp_path):
     pipeline = Pipeline(as_config(small_config(tmp_path)))
     files = [DESI_FILE, *LAMOST_FILES, *SDSS_FILES]
@@ -177,6 +264,34 @@ def test_reading_from_a_cursor_skips_exactly_the_rows_before_it(tmp_path):
                for b in pipeline.read_blocks(files, start, limit=3) for i in range(len(b))]
         first = every.index((start.file, start.row))
         assert got == every[first:first + 3]
+
+
+def test_row_counts_from_headers_equal_the_rows_read(tmp_path, many_files):
+    """A run's row count per file (from the headers for SDSS and LAMOST files, read for
+    the others) is the number of rows reading gives, unreadable files included; only the
+    one-spectrum formats are counted without reading."""
+    from gasnet_plugin.io.readers import spectra_in_file
+
+    pipeline = Pipeline(as_config(small_config(tmp_path)))
+    files = sorted(many_files.iterdir())[:7]
+    assert any("zz-corrupt" in f.name for f in sorted(many_files.iterdir()))
+    for path in [*files, many_files / "c05-zz-corrupt.fits"]:
+        read = sum(len(block) for block in pipeline.read_file(path))
+        assert pipeline.count_rows(path) == read, path.name
+    assert spectra_in_file(SDSS_FILES[0]) == spectra_in_file(LAMOST_FILES[0]) == 1
+    assert spectra_in_file(DESI_FILE) is None                     # read to count
+
+
+def test_a_shard_that_ends_off_the_counted_rows_is_an_error(tmp_path):
+    """Files of 3, 1 and 4 rows: the shard of rows [2, 6) ends at file 2, row 2; ending
+    anywhere else means a file changed since it was counted."""
+    from gasnet_plugin.host.executors import check_shard_end
+
+    good = {"start_row": 2, "n_rows": 4, "end_file": 2, "end_row": 2}
+    check_shard_end([3, 1, 4], good, tmp_path)
+    with pytest.raises(RuntimeError, match=r"rows from 2 ended at file 2, row 3.*"
+                                           r"row_counts\.json"):
+        check_shard_end([3, 1, 4], {**good, "end_row": 3}, tmp_path)
 
 
 def test_shard_starts_from_row_counts():
@@ -363,6 +478,13 @@ def test_cli_executor_and_device_switches(tmp_path):
                    "--device", "cpu", "--executor", "local")
     assert done.returncode == 0, done.stderr
     assert read_archive(out).run.config["device"] == "cpu"
+    on_workers = tmp_path / "workers.asdf"
+    done = run_cli("run", str(small_config(tmp_path)), *map(str, FIXTURES[:2]), "-o",
+                   str(on_workers), "--executor", "processes")
+    assert done.returncode == 0, done.stderr
+    archive = read_archive(on_workers)
+    assert archive.run.config["executor"]["name"] == "processes"
+    assert list(archive.results["SOURCE"]) == list(read_archive(out).results["SOURCE"])
     bad = run_cli("run", str(small_config(tmp_path)), str(FIXTURES[0]), "-o",
                   str(tmp_path / "x.asdf"), "--device", "tpu")
     assert bad.returncode == 2 and "device" in bad.stderr

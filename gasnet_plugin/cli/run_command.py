@@ -37,7 +37,7 @@ def plural(count: int, singular: str, many: str | None = None) -> str:
               help="Show a progress bar over the files (default: on a terminal, >1 file).")
 @click.option("--device", default=None,
               help="Torch device for every stage (cpu, cuda, cuda:N); overrides the config.")
-@click.option("--executor", type=click.Choice(["local", "dask"]), default=None,
+@click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default=None,
               help="Where the batches run; overrides the config's executor.name.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address (implies --executor dask); default: a "

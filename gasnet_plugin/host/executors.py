@@ -1,7 +1,9 @@
 """Executors: where the shards of a run are computed (config key ``executor.name``).
 
-A named registry, like the engines': ``local`` streams in this process, ``dask`` hands
-shards to the workers of a Dask cluster. Both write the same shards (shard ``k`` holds
+A named registry, like the engines': ``local`` streams in this process, ``processes``
+hands shards to worker processes on this machine
+(:mod:`gasnet_plugin.host.process_executor`), ``dask`` to the workers of a Dask cluster.
+All write the same shards (shard ``k`` holds
 run rows ``[k S, (k+1) S)`` and starts on a batch boundary, so its batches are the ones a
 local run forms), so the archive does not depend on the executor, and a run stopped under
 one can be resumed under the other.
@@ -163,9 +165,11 @@ def _worker_pipeline(config: dict[str, Any], source: str, threads: int) -> Pipel
 
 def count_spectra(config: dict[str, Any], source: str, files: list[str], threads: int
                   ) -> list[int]:
-    """Dask task: the number of results rows each file gives (1 for an unreadable file)."""
+    """Task: the number of results rows each file gives (1 for an unreadable file; from
+    the headers where they tell, :meth:`~gasnet_plugin.host.runner.Pipeline.count_rows`).
+    """
     pipeline = _worker_pipeline(config, source, threads)
-    return [sum(len(block) for block in pipeline.read_file(Path(f))) for f in files]
+    return [pipeline.count_rows(Path(f)) for f in files]
 
 
 def process_shard(config: dict[str, Any], source: str, files: list[str], start_row: int,
@@ -184,7 +188,25 @@ def process_shard(config: dict[str, Any], source: str, files: list[str], start_r
         outputs = list(pipeline.stream([Path(f) for f in files],
                                        Cursor(start_file, start_in_file), limit=limit))
         store.write(start_row, outputs, pipeline.archived_arrays)
-    return {"start_row": start_row, "n_rows": sum(len(o) for o in outputs)}
+    end = outputs[-1].end
+    return {"start_row": start_row, "n_rows": sum(len(o) for o in outputs),
+            "end_file": end.file, "end_row": end.row}
+
+
+def check_shard_end(counts: Sequence[int], done: dict[str, int], folder: Path) -> None:
+    """Raise if a shard task (its result ``done``) ended elsewhere in the files than the
+    row ``counts`` per file say its last row is: a file gave other rows than counted (it
+    changed since, or its count was wrong), and the shards would not tile the run."""
+    bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    end = int(bounds[done["end_file"]]) + done["end_row"] \
+        if done["end_file"] < len(bounds) else -1
+    if end != done["start_row"] + done["n_rows"]:
+        raise RuntimeError(
+            f"the shard of rows from {done['start_row']} ended at file {done['end_file']}, "
+            f"row {done['end_row']}, not where the files' row counts put row "
+            f"{done['start_row'] + done['n_rows']}: a file gives other rows than when they "
+            f"were counted (changed during the run?); remove {folder / 'row_counts.json'} "
+            "and resume to count again")
 
 
 def missing_shards(total: int, covered: Sequence[tuple[int, int]], spectra_per_shard: int,
@@ -302,20 +324,26 @@ class DaskExecutor:
             with pipeline.progress_bar(sum(n for _, n in todo), "spectrum", progress) as bar:
                 for future in as_completed(futures):
                     done = future.result()
+                    check_shard_end(counts, done, store.folder)
                     bar.update(done["n_rows"])
                     if on_shard is not None:
                         on_shard(done["start_row"])
         return total
 
 
-EXECUTORS: dict[str, type[LocalExecutor] | type[DaskExecutor]] = {
+from gasnet_plugin.host.process_executor import ProcessExecutor  # noqa: E402  (it uses the above)
+
+Executor = type[LocalExecutor] | type[DaskExecutor] | type[ProcessExecutor]
+
+EXECUTORS: dict[str, Executor] = {
     "local": LocalExecutor,
+    "processes": ProcessExecutor,
     "dask": DaskExecutor,
 }
 """Executor name (config ``executor.name``) → class."""
 
 
-def get_executor(name: str) -> type[LocalExecutor] | type[DaskExecutor]:
+def get_executor(name: str) -> Executor:
     """The executor class registered as ``name``."""
     try:
         return EXECUTORS[name]

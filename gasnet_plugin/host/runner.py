@@ -40,7 +40,7 @@ from gasnet_plugin.io.archive import (
 )
 from gasnet_plugin.io.archive_stream import fill_value
 from gasnet_plugin.io.labels import label_rows, printable_path
-from gasnet_plugin.io.readers import UnreadableFileError, read_spectra
+from gasnet_plugin.io.readers import UnreadableFileError, read_spectra, spectra_in_file
 from gasnet_plugin.stages.base import RunContext, Stage
 from gasnet_plugin.zwarning import ZWarn
 
@@ -300,6 +300,15 @@ class Pipeline:
         if first_row == 0:      # a file that holds no spectrum still shows in the archive
             yield InputBlock(rows=label_rows(1, str(path)),
                              error=f"{path}: the file holds no spectrum", file_index=file_index)
+
+    def count_rows(self, path: Path) -> int:
+        """The results rows ``path`` gives in a run (as :meth:`read_file` yields them),
+        from its headers where they tell (one spectrum per SDSS or LAMOST file), else by
+        reading it."""
+        known = spectra_in_file(path, self.config.reader, self.plugins.readers)
+        if known is not None:
+            return known
+        return sum(len(block) for block in self.read_file(path))
 
     def read_blocks(self, files: Sequence[Path], start: Cursor = Cursor(),
                     limit: int | None = None,

@@ -73,6 +73,8 @@ class LamostDR1Reader:
     """LAMOST DR1 1-D spectra: one spectrum per file with its header labels."""
 
     name = "lamost-dr1"
+    spectra_per_file = 1
+    """Every file gives exactly one spectrum (a run's row count needs no read)."""
     summary = "LAMOST DR1 1-D spec-*.fits (5 × N primary image, labels in the header)"
 
     def identify(self, hdul: fits.HDUList) -> bool:

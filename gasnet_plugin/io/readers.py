@@ -169,6 +169,50 @@ def read_spectra(path: str | os.PathLike[str], reader: str = "auto",
         raise UnreadableFileError(f"{source}: {type(exc).__name__}: {exc}") from exc
 
 
+def spectra_in_file(path: str | os.PathLike[str], reader: str = "auto",
+                    readers: Registry[SpectrumReader] | None = None) -> int | None:
+    """How many spectra :func:`read_spectra` gives for ``path``, known from its headers
+    alone, or ``None`` when only reading it tells.
+
+    Known when the fast-path reader that would read the file says it holds one spectrum
+    per file (``spectra_per_file = 1``: SDSS ``spec``, LAMOST DR1): 1, which is also what
+    an unreadable file counts for in a run. Costs the header probe of
+    :mod:`gasnet_plugin.io.fits_raw`, not the read (a run's row count per file,
+    :mod:`gasnet_plugin.host.process_executor`)."""
+    from gasnet_plugin.io.fits_raw import read_hdus_from
+
+    if readers is None:
+        from gasnet_plugin.host.plugins import PluginHost
+
+        readers = PluginHost().readers
+    source = str(path)
+    if source.endswith((".gz", ".fz", ".bz2")) or not Path(source).is_file():
+        return None
+    try:
+        with open(source, "rb") as handle:
+            hdus = read_hdus_from(handle, os.fstat(handle.fileno()).st_size)
+        chosen = _fast_reader(hdus, reader, readers)
+    except Exception:  # anything odd: reading decides
+        return None
+    return 1 if chosen is not None and getattr(chosen, "spectra_per_file", None) == 1 \
+        else None
+
+
+def _fast_reader(hdus: list, reader: str, readers: Registry[SpectrumReader],
+                 ) -> SpectrumReader | None:
+    """The reader whose fast path (``identify_raw``/``read_raw``) takes a file of these
+    headers: the first in the registry's order that identifies it (and is the one asked
+    for), unless a reader without a fast path comes first; ``None`` if none."""
+    for candidate in readers:
+        if reader != "auto" and candidate.name != reader:
+            continue
+        if not hasattr(candidate, "read_raw"):
+            return None          # an earlier reader without a fast path decides
+        if candidate.identify_raw(hdus):
+            return candidate
+    return None
+
+
 def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
               ) -> tuple[list[Spectrum] | None, bytes | None]:
     """The spectra from the file's bytes by the first reader with a fast path
@@ -194,18 +238,14 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
                 hdus = read_hdus_from(handle, os.fstat(handle.fileno()).st_size)
             except TruncatedFitsError as exc:   # before astropy allocates what it says
                 raise UnreadableFileError(f"{source}: {exc}") from None
-            for candidate in readers:
-                if reader != "auto" and candidate.name != reader:
-                    continue
-                if not hasattr(candidate, "read_raw"):
-                    return None, None    # an earlier reader without a fast path decides
-                if candidate.identify_raw(hdus):
-                    if getattr(candidate, "reads_mapped", False):
-                        return _read_mapped(candidate, handle, hdus, source), None
-                    handle.seek(0)
-                    raw = handle.read()
-                    return candidate.read_raw(raw, hdus, source), raw
-        return None, None
+            candidate = _fast_reader(hdus, reader, readers)
+            if candidate is None:
+                return None, None
+            if getattr(candidate, "reads_mapped", False):
+                return _read_mapped(candidate, handle, hdus, source), None
+            handle.seek(0)
+            raw = handle.read()
+            return candidate.read_raw(raw, hdus, source), raw
     except UnreadableFileError:
         raise
     except Exception:  # anything odd (RawFitsError, ...): astropy's path decides and reports

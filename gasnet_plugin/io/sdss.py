@@ -65,6 +65,8 @@ class SdssSpecReader:
     """SDSS/BOSS ``spec`` files: one spectrum per file with its SPECOBJ labels."""
 
     name = "sdss-spec"
+    spectra_per_file = 1
+    """Every file gives exactly one spectrum (a run's row count needs no read)."""
     summary = "SDSS/BOSS spec-PLATE-MJD-FIBER.fits (HDU1 coadd, HDU2 labels)"
 
     def identify(self, hdul: fits.HDUList) -> bool:
