@@ -47,3 +47,12 @@ def split_half(classes, seed: int):
         members = np.flatnonzero(classes == name)
         train[rng.choice(members, size=members.size // 2, replace=False)] = True
     return train, rng
+
+
+def same_table(a, b) -> bool:
+    """Every column of astropy tables ``a`` and ``b`` bit for bit (NaN equal to NaN)."""
+    import numpy as np
+
+    return a.colnames == b.colnames and all(
+        np.array_equal(np.asarray(a[c]), np.asarray(b[c]),
+                       equal_nan=np.asarray(a[c]).dtype.kind == "f") for c in a.colnames)

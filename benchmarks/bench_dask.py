@@ -22,9 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from _common import REPO, machine, table
+from _common import REPO, machine, same_table, table
 
 from gasnet_plugin.api import as_config
 from gasnet_plugin.host.runner import Pipeline
@@ -40,12 +39,6 @@ def run(files: list[Path], executor: dict, shard_size: int, out: Path) -> tuple[
     began = time.perf_counter()
     archive = Pipeline(config).run_to_file(files, out)
     return time.perf_counter() - began, archive
-
-
-def same_table(a, b) -> bool:
-    return all(np.array_equal(np.asarray(a.results[c]), np.asarray(b.results[c]),
-                              equal_nan=np.asarray(a.results[c]).dtype.kind == "f")
-               for c in a.results.colnames)
 
 
 def main() -> None:
@@ -68,7 +61,7 @@ def main() -> None:
                                   Path(folder) / f"dask{workers}.asdf")
             rows.append((f"dask LocalCluster, {workers} worker(s) x 1 thread",
                          f"{dask_s:.1f}", f"{n / dask_s:,.0f}", f"{local_s / dask_s:.2f}x",
-                         "yes" if same_table(local, on_dask) else "NO"))
+                         "yes" if same_table(local.results, on_dask.results) else "NO"))
     rows.append(("baseline: local, 1 process x 1 torch thread", f"{local_s:.1f}",
                  f"{n / local_s:,.0f}", "1x", ""))
     print(f"machine: {machine()}")

@@ -27,9 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from _common import REPO, SHARED, machine, table
+from _common import REPO, SHARED, machine, same_table, table
 from bench_vs_redrock import LINKS, linked
 
 from gasnet_plugin.api import as_config
@@ -49,13 +48,6 @@ def run(files: list[Path], executor: dict, threads: int, shard_size: int,
     began = time.perf_counter()
     archive = pipeline.run_to_file(files, out, overwrite=True)
     return time.perf_counter() - began, archive
-
-
-def same_table(a, b) -> bool:
-    """Every column of tables ``a`` and ``b`` bit for bit (NaN equal to NaN)."""
-    return a.colnames == b.colnames and all(
-        np.array_equal(np.asarray(a[c]), np.asarray(b[c]),
-                       equal_nan=np.asarray(a[c]).dtype.kind == "f") for c in a.colnames)
 
 
 def main() -> None:

@@ -193,6 +193,22 @@ def process_shard(config: dict[str, Any], source: str, files: list[str], start_r
             "end_file": end.file, "end_row": end.row}
 
 
+def shards_to_compute(counts: Sequence[int], store: ShardStore,
+                      notify: Callable[[str], None]) -> tuple[int, list[tuple[int, ...]]]:
+    """The run's number of rows, and the shards still to compute given the rows of each
+    file and the shards in ``store``: ``(first row, rows, file, row within it)`` each.
+    Says through ``notify`` how many rows a resumed run reuses."""
+    total = int(sum(counts))
+    covered = store.covered()
+    if covered:
+        reused = sum(n for _, n in covered)
+        notify(f"resuming: {reused} spectra reused from {len(covered)} shard(s) in "
+               f"{store.folder}, {total - reused} left")
+    todo = missing_shards(total, covered, store.spectra_per_shard)
+    cursors = cursors_of_rows(counts, [start for start, _ in todo])
+    return total, [(start, n, f, r) for (start, n), (f, r) in zip(todo, cursors, strict=True)]
+
+
 def check_shard_end(counts: Sequence[int], done: dict[str, int], folder: Path) -> None:
     """Raise if a shard task (its result ``done``) ended elsewhere in the files than the
     row ``counts`` per file say its last row is: a file gave other rows than counted (it
@@ -290,7 +306,6 @@ class DaskExecutor:
         source = pipeline.config.source
         threads = int(self.settings.get("threads_per_worker", 1))
         names = [str(f) for f in files]
-        per_shard = store.spectra_per_shard
         with self.client() as client:
             counts_file = store.folder / "row_counts.json"
             if counts_file.is_file():
@@ -310,18 +325,12 @@ class DaskExecutor:
                         bar.update(len(parts[future.key]))
                 counts = [n for future in futures for n in parts[future.key]]
                 counts_file.write_text(json.dumps(counts))
-            total = int(sum(counts))
-            covered = store.covered()
-            if covered:
-                reused = sum(n for _, n in covered)
-                notify(f"resuming: {reused} spectra reused from {len(covered)} shard(s) in "
-                       f"{store.folder}, {total - reused} left")
-            todo = missing_shards(total, covered, per_shard)
-            cursors = cursors_of_rows(counts, [start for start, _ in todo])
+            total, todo = shards_to_compute(counts, store, notify)
             futures = [client.submit(process_shard, config, source, names, start, f, r,
                                      str(store.folder), n, threads, pure=False)
-                       for (start, n), (f, r) in zip(todo, cursors, strict=True)]
-            with pipeline.progress_bar(sum(n for _, n in todo), "spectrum", progress) as bar:
+                       for start, n, f, r in todo]
+            with pipeline.progress_bar(sum(shard[1] for shard in todo), "spectrum",
+                                       progress) as bar:
                 for future in as_completed(futures):
                     done = future.result()
                     check_shard_end(counts, done, store.folder)

@@ -41,8 +41,7 @@ from gasnet_plugin.host.executors import (
     RunStopped,
     StopRequest,
     check_shard_end,
-    cursors_of_rows,
-    missing_shards,
+    shards_to_compute,
 )
 
 if TYPE_CHECKING:
@@ -119,7 +118,6 @@ class ProcessExecutor:
         n_workers = max(1, int(self.settings.get("n_workers") or os.cpu_count() or 1))
         setup = {"config": pipeline.config.as_dict(), "source": pipeline.config.source,
                  "files": names, "threads": threads}
-        per_shard = store.spectra_per_shard
         workers = [_Worker(setup) for _ in range(min(n_workers, max(len(names), 1)))]
         try:
             with StopRequest() as stop:
@@ -141,18 +139,11 @@ class ProcessExecutor:
                         _run_tasks(workers, setup, tasks, counted, stop, store)
                     counts = [n for first in sorted(parts) for n in parts[first]]
                     counts_file.write_text(json.dumps(counts))
-                total = int(sum(counts))
-                covered = store.covered()
-                if covered:
-                    reused = sum(n for _, n in covered)
-                    notify(f"resuming: {reused} spectra reused from {len(covered)} shard(s) "
-                           f"in {store.folder}, {total - reused} left")
-                todo = missing_shards(total, covered, per_shard)
-                cursors = cursors_of_rows(counts, [start for start, _ in todo])
+                total, todo = shards_to_compute(counts, store, notify)
                 tasks = [{"shard": {"start_row": start, "start_file": f, "start_in_file": r,
                                     "limit": n, "folder": str(store.folder)}}
-                         for (start, n), (f, r) in zip(todo, cursors, strict=True)]
-                with pipeline.progress_bar(sum(n for _, n in todo), "spectrum",
+                         for start, n, f, r in todo]
+                with pipeline.progress_bar(sum(shard[1] for shard in todo), "spectrum",
                                            progress) as bar:
                     def written(task: dict[str, Any], result: dict[str, int]) -> None:
                         check_shard_end(counts, result, store.folder)
