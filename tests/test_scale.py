@@ -18,7 +18,7 @@ from gasnet_plugin.api import as_config
 from gasnet_plugin.host.config import ConfigError
 from gasnet_plugin.host.executors import missing_shards, shard_starts
 from gasnet_plugin.host.runner import Cursor, Pipeline
-from gasnet_plugin.host.shards import ShardStore, parts_folder
+from gasnet_plugin.host.shards import SHARD_NAME, ShardStore, parts_folder
 from gasnet_plugin.io.archive import ArchiveError, RunArchive, read_archive
 
 FIXTURES = [*SDSS_FILES, *LAMOST_FILES, DESI_FILE]
@@ -331,6 +331,38 @@ def test_sigterm_saves_the_work_and_says_how_to_resume(tmp_path, many_files):
     while time.monotonic() < deadline and not (parts / "manifest.json").is_file():
         time.sleep(0.01)
     time.sleep(1.0)                      # models loaded, a few batches done
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
+    saved = ShardStore(parts).resume_point()[0]
+    assert 0 < saved < 81 and not stopped.exists()
+    done = run_cli("run", str(config), str(many_files), "-o", str(stopped), "--resume")
+    assert f"resuming: {saved} spectra reused" in done.stderr
+    assert_same_archive(read_archive(whole), read_archive(stopped))
+
+
+def test_sigterm_under_the_processes_executor_saves_the_shards_in_hand(tmp_path, many_files):
+    """executor: processes: SIGTERM stops handing out shards, the ones being computed are
+    saved, the message says how to resume, and --resume gives the archive of a run without
+    a stop (one torch thread per process in both)."""
+    import os
+
+    config = small_config(tmp_path, executor={"name": "processes", "n_workers": 2})
+    whole, stopped = tmp_path / "whole.asdf", tmp_path / "stopped.asdf"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "gasnet_plugin.cli", "run", str(config),
+                           str(many_files), "-o", str(whole), "--executor", "local"],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 1, done.stderr            # the corrupt file is flagged
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(config), str(many_files),
+         "-o", str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = parts_folder(stopped)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (
+            parts.is_dir() and any(SHARD_NAME.match(p.name) for p in parts.iterdir())):
+        time.sleep(0.01)
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signal.SIGTERM, stderr
