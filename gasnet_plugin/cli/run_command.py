@@ -38,7 +38,8 @@ def plural(count: int, singular: str, many: str | None = None) -> str:
 @click.option("--device", default=None,
               help="Torch device for every stage (cpu, cuda, cuda:N); overrides the config.")
 @click.option("--executor", type=click.Choice(["local", "processes", "dask"]), default=None,
-              help="Where the batches run; overrides the config's executor.name.")
+              help="Where the batches run (local: this process; processes: a worker "
+                   "process per core; dask); overrides the config's executor.name.")
 @click.option("--scheduler", default=None,
               help="Dask scheduler address (implies --executor dask); default: a "
                    "LocalCluster on this machine.")
