@@ -285,11 +285,11 @@ def test_row_counts_from_headers_equal_the_rows_read(tmp_path, many_files):
 def test_a_shard_that_ends_off_the_counted_rows_is_an_error(tmp_path):
     """Files of 3, 1 and 4 rows: the shard of rows [2, 6) ends at file 2, row 2; ending
     anywhere else means a file changed since it was counted."""
-    from gasnet_plugin.host.executors import check_shard_end
+    from gasnet_plugin.host.executors import RowCountError, check_shard_end
 
     good = {"start_row": 2, "n_rows": 4, "end_file": 2, "end_row": 2}
     check_shard_end([3, 1, 4], good, tmp_path)
-    with pytest.raises(RuntimeError, match=r"rows from 2 ended at file 2, row 3.*"
+    with pytest.raises(RowCountError, match=r"rows from 2 ended at file 2, row 3.*"
                                            r"row_counts\.json"):
         check_shard_end([3, 1, 4], {**good, "end_row": 3}, tmp_path)
 
@@ -372,6 +372,37 @@ def test_sigterm_under_the_processes_executor_saves_the_shards_in_hand(tmp_path,
     done = run_cli("run", str(config), str(many_files), "-o", str(stopped), "--resume")
     assert f"resuming: {saved} spectra reused" in done.stderr
     assert_same_archive(read_archive(whole), read_archive(stopped))
+
+
+def test_a_failing_worker_stops_the_run_with_its_traceback_and_exit_3(tmp_path):
+    """A shard task that raises in its worker (a fault put in through the workers'
+    ``sitecustomize``) stops ``gasnet run --executor processes`` with exit code 3, the
+    worker's traceback and where the shards are; the driver is not affected."""
+    import os
+
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(
+        "import gasnet_plugin.host.executors as executors\n"
+        "def broken(*args, **kwargs):\n"
+        "    raise OSError('disk full (injected)')\n"
+        "executors.process_shard = broken\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(hooks), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    out = tmp_path / "out.asdf"
+    done = subprocess.run(
+        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(small_config(tmp_path)),
+         *map(str, FIXTURES[:2]), "-o", str(out), "--executor", "processes"],
+        capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr              # without the fault: fine
+    done = subprocess.run(
+        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(small_config(tmp_path)),
+         *map(str, FIXTURES[:2]), "-o", str(tmp_path / "broken.asdf"), "--executor",
+         "processes"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 3, done.stderr
+    assert "failed the shard of rows from 0" in done.stderr
+    assert "disk full (injected)" in done.stderr and "--resume" in done.stderr
+    assert not (tmp_path / "broken.asdf").exists()
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,9 @@ EXIT_SOME_FAILED = 1
 """The run finished but some inputs could not be measured."""
 EXIT_USAGE = 2
 """A usage or configuration error: nothing was run."""
+EXIT_RUN_FAILED = 3
+"""The run stopped on an error after it began (a worker process failed, a file changed
+under it); the shards written are kept, and ``--resume`` goes on from them."""
 
 ROOT_OPTION = click.option(
     "--root", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from gasnet_plugin.cli.common import (
+    EXIT_RUN_FAILED,
     EXIT_SOME_FAILED,
     fail,
 )
@@ -53,7 +54,8 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
     """
     from gasnet_plugin.api import as_config
     from gasnet_plugin.host.config import ConfigError, parse_config
-    from gasnet_plugin.host.executors import RunStopped
+    from gasnet_plugin.host.executors import RowCountError, RunStopped
+    from gasnet_plugin.host.process_executor import WorkerError
     from gasnet_plugin.host.runner import Pipeline
     from gasnet_plugin.io.archive import ArchiveError
     from gasnet_plugin.zwarning import FATAL
@@ -76,6 +78,9 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
                                        notify=lambda message: click.echo(message, err=True))
     except (ConfigError, ArchiveError) as exc:
         fail(str(exc))
+    except (WorkerError, RowCountError) as exc:
+        click.echo(f"gasnet: error: {exc}", err=True)
+        sys.exit(EXIT_RUN_FAILED)
     except RunStopped as stopped:
         click.echo(f"gasnet: {stopped}:\n  gasnet run {config} {' '.join(inputs)} -o {output} "
                    "--resume", err=True)

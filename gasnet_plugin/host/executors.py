@@ -209,6 +209,11 @@ def shards_to_compute(counts: Sequence[int], store: ShardStore,
     return total, [(start, n, f, r) for (start, n), (f, r) in zip(todo, cursors, strict=True)]
 
 
+class RowCountError(RuntimeError):
+    """A shard ended elsewhere in the files than their row counts say (a file changed
+    since it was counted); the message names the shard and what to do."""
+
+
 def check_shard_end(counts: Sequence[int], done: dict[str, int], folder: Path) -> None:
     """Raise if a shard task (its result ``done``) ended elsewhere in the files than the
     row ``counts`` per file say its last row is: a file gave other rows than counted (it
@@ -217,7 +222,7 @@ def check_shard_end(counts: Sequence[int], done: dict[str, int], folder: Path) -
     end = int(bounds[done["end_file"]]) + done["end_row"] \
         if done["end_file"] < len(bounds) else -1
     if end != done["start_row"] + done["n_rows"]:
-        raise RuntimeError(
+        raise RowCountError(
             f"the shard of rows from {done['start_row']} ended at file {done['end_file']}, "
             f"row {done['end_row']}, not where the files' row counts put row "
             f"{done['start_row'] + done['n_rows']}: a file gives other rows than when they "

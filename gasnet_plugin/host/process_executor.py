@@ -221,7 +221,9 @@ def _run_tasks(workers: list[_Worker], setup: dict[str, Any], tasks: list[dict[s
                 task, worker.task = worker.task, None
                 if "error" in reply:
                     raise WorkerError(f"worker process {worker.process.pid} failed "
-                                      f"{_describe(task)}:\n{reply['error']}")
+                                      f"{_describe(task)}; the shards written so far are "
+                                      f"kept in {store.folder} (--resume goes on from "
+                                      f"them). The worker's traceback:\n{reply['error']}")
                 done(task, reply["result"])
                 hand_out(worker)
     finally:
