@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -323,22 +324,9 @@ def test_sigterm_saves_the_work_and_says_how_to_resume(tmp_path, many_files):
     config = small_config(tmp_path, batch_size=1, shard_size=1000)
     whole, stopped = tmp_path / "whole.asdf", tmp_path / "stopped.asdf"
     run_cli("run", str(config), str(many_files), "-o", str(whole))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(config), str(many_files),
-         "-o", str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    parts = parts_folder(stopped)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (parts / "manifest.json").is_file():
-        time.sleep(0.01)
-    time.sleep(1.0)                      # models loaded, a few batches done
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
-    saved = ShardStore(parts).resume_point()[0]
-    assert 0 < saved < 81 and not stopped.exists()
-    done = run_cli("run", str(config), str(many_files), "-o", str(stopped), "--resume")
-    assert f"resuming: {saved} spectra reused" in done.stderr
+    # models loaded, a few batches done
+    sigterm_then_resume(config, many_files, stopped,
+                        lambda parts: (parts / "manifest.json").is_file(), settle=1.0)
     assert_same_archive(read_archive(whole), read_archive(stopped))
 
 
@@ -355,22 +343,8 @@ def test_sigterm_under_the_processes_executor_saves_the_shards_in_hand(tmp_path,
                            str(many_files), "-o", str(whole), "--executor", "local"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 1, done.stderr            # the corrupt file is flagged
-    process = subprocess.Popen(
-        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(config), str(many_files),
-         "-o", str(stopped)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    parts = parts_folder(stopped)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not (
-            parts.is_dir() and any(SHARD_NAME.match(p.name) for p in parts.iterdir())):
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
-    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
-    saved = ShardStore(parts).resume_point()[0]
-    assert 0 < saved < 81 and not stopped.exists()
-    done = run_cli("run", str(config), str(many_files), "-o", str(stopped), "--resume")
-    assert f"resuming: {saved} spectra reused" in done.stderr
+    sigterm_then_resume(config, many_files, stopped, lambda parts: parts.is_dir() and any(
+        SHARD_NAME.match(p.name) for p in parts.iterdir()))
     assert_same_archive(read_archive(whole), read_archive(stopped))
 
 
@@ -403,6 +377,30 @@ def test_a_failing_worker_stops_the_run_with_its_traceback_and_exit_3(tmp_path):
     assert "failed the shard of rows from 0" in done.stderr
     assert "disk full (injected)" in done.stderr and "--resume" in done.stderr
     assert not (tmp_path / "broken.asdf").exists()
+
+
+def sigterm_then_resume(config: Path, inputs: Path, out: Path,
+                        started: Callable[[Path], bool], settle: float = 0.0) -> None:
+    """``gasnet run CONFIG INPUTS -o OUT`` stopped by SIGTERM once ``started(parts
+    folder)`` holds (and ``settle`` seconds later): it exits 143 saying how to resume, with
+    some of the 81 rows saved and no archive; ``--resume`` then reports what it reuses and
+    writes the archive."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gasnet_plugin.cli", "run", str(config), str(inputs),
+         "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    parts = parts_folder(out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not started(parts):
+        time.sleep(0.01)
+    time.sleep(settle)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr and "--resume" in stderr
+    saved = ShardStore(parts).resume_point()[0]
+    assert 0 < saved < 81 and not out.exists()
+    done = run_cli("run", str(config), str(inputs), "-o", str(out), "--resume")
+    assert f"resuming: {saved} spectra reused" in done.stderr
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
