@@ -221,6 +221,12 @@ class GasnetStageStep(QuietStep, NoCrdsParameters, Step):
         return params
 
     def process(self, input: Any) -> GasnetProducts:
+        from gasnet_plugin.host.collector import run_collector
+
+        with run_collector():          # the collector set as every run sets it
+            return self._process(input)
+
+    def _process(self, input: Any) -> GasnetProducts:
         if isinstance(input, GasnetProducts):
             products = input
         else:
@@ -296,13 +302,16 @@ class GasnetPipeline(QuietStep, NoCrdsParameters, StpipePipeline):
     }
 
     def process(self, input: Any) -> GasnetProducts:
-        products = (input if isinstance(input, GasnetProducts)
-                    else GasnetProducts.read(input, self.reader, self.batch_size, self.device))
-        for name in self.step_defs:
-            step = getattr(self, name)
-            if step.skip:
-                continue
-            products = step.run(products)
+        from gasnet_plugin.host.collector import run_collector
+
+        with run_collector():          # the collector set as every run sets it
+            products = (input if isinstance(input, GasnetProducts) else
+                        GasnetProducts.read(input, self.reader, self.batch_size, self.device))
+            for name in self.step_defs:
+                step = getattr(self, name)
+                if step.skip:
+                    continue
+                products = step.run(products)
         products.archived_arrays = list(self.arrays)
         return products
 

@@ -10,9 +10,10 @@ measured 6.03 ms per spectrum with the defaults against 5.33 with :data:`RUN_THR
 (1.13×).
 
 :func:`run_collector` raises the thresholds for the duration of a run (``gasnet run``,
-each Dask task in its worker, and the in-memory runs of
+each Dask task in its worker, the in-memory runs of
 :meth:`~gasnet_plugin.host.runner.Pipeline.run` and
-:func:`~gasnet_plugin.api.process_spectra`) and restores them after. Cycles are still
+:func:`~gasnet_plugin.api.process_spectra`, and the stpipe steps) and restores them
+after. Cycles are still
 collected, only in larger steps (a full pass every 10⁸ net allocations), so memory stays bounded
 (``benchmarks/bench_streaming.py``).
 """
