@@ -36,6 +36,28 @@ def shared_data() -> Path:
     return SHARED
 
 
+@pytest.fixture
+def collector_per_batch(monkeypatch: pytest.MonkeyPatch):
+    """The garbage collector's thresholds as each batch is processed (``Pipeline.
+    process_batch`` recording them into the list this returns); afterwards the test
+    checks they were a run's and that the caller's are back."""
+    import gc
+
+    from gasnet_plugin.host.runner import Pipeline
+
+    seen: list[tuple[int, ...]] = []
+    process_batch = Pipeline.process_batch
+
+    def recording(self, batch):
+        seen.append(gc.get_threshold())
+        return process_batch(self, batch)
+
+    monkeypatch.setattr(Pipeline, "process_batch", recording)
+    before = gc.get_threshold()
+    yield seen
+    assert gc.get_threshold() == before, "the caller's collector thresholds not restored"
+
+
 def require(module: str, flag: str) -> None:
     """Skip without ``module``, unless CI says it must be there (``flag`` set)."""
     try:
