@@ -22,7 +22,13 @@ import numba
 import numpy as np
 
 from gasnet_plugin.io.desi import ARMS, arm_layout, finish_overlaps
-from gasnet_plugin.io.fits_raw import RawFitsError, RawHDU, extension_index, read_columns
+from gasnet_plugin.io.fits_raw import (
+    RawFitsError,
+    RawHDU,
+    extension_index,
+    read_columns,
+    read_image,
+)
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import SDSS_FLUX_UNIT, build_spectrum, parse_flux_unit
 
@@ -33,24 +39,10 @@ if TYPE_CHECKING:
 
 
 def _image(mapped: bytes | mmap.mmap, hdu: RawHDU, what: str, bitpix: int) -> np.ndarray:
-    """The image of ``hdu`` in place, ``(n, P)`` (``n`` = 1 for a 1-D image), which must
-    have ``BITPIX`` ``bitpix`` (and, for floats, no scaling): 32-bit data as its stored
-    words read as native uint32 (big-endian bytes, swapped by the join), BITPIX −64 as
-    big-endian float64."""
-    cards = hdu.cards
-    if str(cards.get("XTENSION", "IMAGE")).strip() != "IMAGE" or int(cards.get("PCOUNT", 0)):
-        raise RawFitsError(f"{what}: not an image")
-    naxis = int(cards.get("NAXIS", 0))
-    if naxis not in (1, 2):
-        raise RawFitsError(f"{what}: {naxis} axes")
-    if int(cards["BITPIX"]) != bitpix:
-        raise RawFitsError(f"{what}: BITPIX {cards['BITPIX']}, not {bitpix}")
-    if bitpix < 0 and (float(cards.get("BSCALE", 1)) != 1 or float(cards.get("BZERO", 0)) != 0):
-        raise RawFitsError(f"{what}: scaled values not handled")
-    shape = (1, int(cards["NAXIS1"])) if naxis == 1 else (int(cards["NAXIS2"]),
-                                                          int(cards["NAXIS1"]))
-    return np.frombuffer(mapped, dtype=">f8" if bitpix == -64 else "=u4",
-                         count=shape[0] * shape[1], offset=hdu.data_start).reshape(shape)
+    """:func:`~gasnet_plugin.io.fits_raw.read_image` of a coadd image: 32-bit data as its
+    stored words read as native uint32 (big-endian bytes, swapped by the join), BITPIX −64
+    as big-endian float64."""
+    return read_image(mapped, hdu, what, bitpix, ">f8" if bitpix == -64 else "=u4")
 
 
 def read_raw(mapped: bytes | mmap.mmap, hdus: list[RawHDU], source: str,

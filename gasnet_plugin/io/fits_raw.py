@@ -259,6 +259,29 @@ def read_columns(raw: bytes, hdu: RawHDU, names: list[str]) -> dict[str, np.ndar
     return out
 
 
+def read_image(raw: bytes, hdu: RawHDU, what: str, bitpix: int,
+               dtype: str) -> np.ndarray:
+    """The data of image ``hdu`` in place (a view of ``raw``, no copy), ``(n, P)`` (``n`` =
+    1 for a 1-D image), its stored values read as ``dtype`` (e.g. ``">f4"``; ``"=u4"``
+    for a caller that swaps 32-bit words itself). The image must have ``BITPIX``
+    ``bitpix``, one or two axes and, for floats, no scaling; anything else raises
+    :class:`RawFitsError` naming ``what``."""
+    cards = hdu.cards
+    if str(cards.get("XTENSION", "IMAGE")).strip() != "IMAGE" or int(cards.get("PCOUNT", 0)):
+        raise RawFitsError(f"{what}: not an image")
+    naxis = int(cards.get("NAXIS", 0))
+    if naxis not in (1, 2):
+        raise RawFitsError(f"{what}: {naxis} axes")
+    if int(cards["BITPIX"]) != bitpix:
+        raise RawFitsError(f"{what}: BITPIX {cards['BITPIX']}, not {bitpix}")
+    if bitpix < 0 and (float(cards.get("BSCALE", 1)) != 1 or float(cards.get("BZERO", 0)) != 0):
+        raise RawFitsError(f"{what}: scaled values not handled")
+    shape = (1, int(cards["NAXIS1"])) if naxis == 1 else (int(cards["NAXIS2"]),
+                                                          int(cards["NAXIS1"]))
+    return np.frombuffer(raw, dtype=dtype, count=shape[0] * shape[1],
+                         offset=hdu.data_start).reshape(shape)
+
+
 def _parse_tform(tform: str) -> tuple[int, str]:
     match = _TFORM.match(tform)
     if not match:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from astropy.io import fits
 
-from gasnet_plugin.io.fits_raw import RawFitsError
+from gasnet_plugin.io.fits_raw import read_image
 from gasnet_plugin.io.labels import label_rows
 from gasnet_plugin.io.spectrum import build_spectrum
 
@@ -94,11 +94,5 @@ class LamostDR1Reader:
         unscaled; anything else raises :class:`~gasnet_plugin.io.fits_raw.RawFitsError`
         and goes astropy's way), its labels from the parsed header cards."""
         primary = hdus[0]
-        cards = primary.cards
-        if int(cards["BITPIX"]) != -32 or float(cards.get("BSCALE", 1)) != 1 \
-                or float(cards.get("BZERO", 0)) != 0:
-            raise RawFitsError("primary image not unscaled float32")
-        shape = (int(cards["NAXIS2"]), int(cards["NAXIS1"]))
-        data = np.frombuffer(raw, dtype=">f4", count=shape[0] * shape[1],
-                             offset=primary.data_start).reshape(shape).astype(np.float32)
-        return [_spectrum(data, cards, primary.header, source)]
+        data = read_image(raw, primary, "the float32 primary image", -32, ">f4").astype(np.float32)
+        return [_spectrum(data, primary.cards, primary.header, source)]
