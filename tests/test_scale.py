@@ -286,13 +286,13 @@ def test_row_counts_from_headers_equal_the_rows_read(tmp_path, many_files):
 def test_a_shard_that_ends_off_the_counted_rows_is_an_error(tmp_path):
     """Files of 3, 1 and 4 rows: the shard of rows [2, 6) ends at file 2, row 2; ending
     anywhere else means a file changed since it was counted."""
-    from gasnet_plugin.host.executors import RowCountError, check_shard_end
+    from gasnet_plugin.host.executors import RowCountError, check_shard_end, row_offsets
 
     good = {"start_row": 2, "n_rows": 4, "end_file": 2, "end_row": 2}
-    check_shard_end([3, 1, 4], good, tmp_path)
+    check_shard_end(row_offsets([3, 1, 4]), good, tmp_path)
     with pytest.raises(RowCountError, match=r"rows from 2 ended at file 2, row 3.*"
                                            r"row_counts\.json"):
-        check_shard_end([3, 1, 4], {**good, "end_row": 3}, tmp_path)
+        check_shard_end(row_offsets([3, 1, 4]), {**good, "end_row": 3}, tmp_path)
 
 
 def test_shard_starts_from_row_counts():

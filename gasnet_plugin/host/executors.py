@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -214,13 +215,13 @@ class RowCountError(RuntimeError):
     since it was counted); the message names the shard and what to do."""
 
 
-def check_shard_end(counts: Sequence[int], done: dict[str, int], folder: Path) -> None:
-    """Raise if a shard task (its result ``done``) ended elsewhere in the files than the
-    row ``counts`` per file say its last row is: a file gave other rows than counted (it
-    changed since, or its count was wrong), and the shards would not tile the run."""
-    bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
-    end = int(bounds[done["end_file"]]) + done["end_row"] \
-        if done["end_file"] < len(bounds) else -1
+def check_shard_end(offsets: np.ndarray, done: dict[str, int], folder: Path) -> None:
+    """Raise if a shard task (its result ``done``) ended elsewhere in the files than their
+    row counts say its last row is (``offsets``: :func:`row_offsets` of the counts): a
+    file gave other rows than counted (it changed since, or its count was wrong), and the
+    shards would not tile the run."""
+    end = int(offsets[done["end_file"]]) + done["end_row"] \
+        if done["end_file"] < len(offsets) else -1
     if end != done["start_row"] + done["n_rows"]:
         raise RowCountError(
             f"the shard of rows from {done['start_row']} ended at file {done['end_file']}, "
@@ -244,12 +245,26 @@ def missing_shards(total: int, covered: Sequence[tuple[int, int]], spectra_per_s
     return todo
 
 
+def row_offsets(counts: Sequence[int]) -> np.ndarray:
+    """``(F + 1,)`` int64: the first run row of each of the ``F`` files, given the rows of
+    each, and the run's number of rows last."""
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+
+
 def cursors_of_rows(counts: Sequence[int], rows: Sequence[int]) -> list[tuple[int, int]]:
     """The cursor ``(file, row within it)`` of each run row, given the rows of each file."""
-    bounds = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    bounds = row_offsets(counts)
     rows = np.asarray(rows, dtype=np.int64)
     files = np.searchsorted(bounds, rows, side="right") - 1
     return [(int(f), int(r - bounds[f])) for f, r in zip(files, rows, strict=True)]
+
+
+def count_ranges(n_files: int, n_workers: int) -> list[tuple[int, int]]:
+    """``[first, stop)`` file ranges the rows are counted in: about four per worker, so
+    that a slow range does not keep the others waiting; none empty."""
+    n_chunks = min(n_files, 4 * max(1, n_workers))
+    bounds = np.linspace(0, n_files, n_chunks + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def shard_starts(counts: Sequence[int], spectra_per_shard: int) -> list[tuple[int, int]]:
@@ -316,9 +331,8 @@ class DaskExecutor:
             if counts_file.is_file():
                 counts = json.loads(counts_file.read_text())
             else:
-                n_chunks = min(len(names), 4 * max(1, len(client.scheduler_info()["workers"])))
-                chunks = [list(c) for c in np.array_split(np.array(names, dtype=object),
-                                                          n_chunks) if len(c)]
+                chunks = [names[a:b] for a, b in count_ranges(
+                    len(names), len(client.scheduler_info()["workers"]))]
                 futures = client.map(count_spectra, [config] * len(chunks),
                                      [source] * len(chunks), chunks,
                                      [threads] * len(chunks), pure=False)
@@ -331,6 +345,7 @@ class DaskExecutor:
                 counts = [n for future in futures for n in parts[future.key]]
                 counts_file.write_text(json.dumps(counts))
             total, todo = shards_to_compute(counts, store, notify)
+            offsets = row_offsets(counts)
             futures = [client.submit(process_shard, config, source, names, start, f, r,
                                      str(store.folder), n, threads, pure=False)
                        for start, n, f, r in todo]
@@ -338,7 +353,7 @@ class DaskExecutor:
                                        progress) as bar:
                 for future in as_completed(futures):
                     done = future.result()
-                    check_shard_end(counts, done, store.folder)
+                    check_shard_end(offsets, done, store.folder)
                     bar.update(done["n_rows"])
                     if on_shard is not None:
                         on_shard(done["start_row"])

@@ -25,7 +25,6 @@ kept for ``--resume``.
 from __future__ import annotations
 
 import collections
-import itertools
 import json
 import os
 import selectors
@@ -35,12 +34,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-import numpy as np
-
 from gasnet_plugin.host.executors import (
     RunStopped,
     StopRequest,
     check_shard_end,
+    count_ranges,
+    row_offsets,
     shards_to_compute,
 )
 
@@ -125,10 +124,8 @@ class ProcessExecutor:
                 if counts_file.is_file():
                     counts = json.loads(counts_file.read_text())
                 else:
-                    n_chunks = min(len(names), 4 * len(workers))
-                    bounds = np.linspace(0, len(names), n_chunks + 1).round().astype(int)
-                    tasks = [{"count": [int(a), int(b)]}
-                             for a, b in itertools.pairwise(bounds) if b > a]
+                    tasks = [{"count": [first, stop]}
+                             for first, stop in count_ranges(len(names), len(workers))]
                     parts: dict[int, list[int]] = {}
                     with pipeline.progress_bar(len(names), "file", progress,
                                                "gasnet: counting spectra") as bar:
@@ -140,13 +137,14 @@ class ProcessExecutor:
                     counts = [n for first in sorted(parts) for n in parts[first]]
                     counts_file.write_text(json.dumps(counts))
                 total, todo = shards_to_compute(counts, store, notify)
+                offsets = row_offsets(counts)
                 tasks = [{"shard": {"start_row": start, "start_file": f, "start_in_file": r,
                                     "limit": n, "folder": str(store.folder)}}
                          for start, n, f, r in todo]
                 with pipeline.progress_bar(sum(shard[1] for shard in todo), "spectrum",
                                            progress) as bar:
                     def written(task: dict[str, Any], result: dict[str, int]) -> None:
-                        check_shard_end(counts, result, store.folder)
+                        check_shard_end(offsets, result, store.folder)
                         bar.update(result["n_rows"])
                         if on_shard is not None:
                             on_shard(result["start_row"])
