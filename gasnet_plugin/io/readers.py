@@ -65,6 +65,10 @@ class SpectrumReader(Protocol):
         """
 
 
+COMPRESSED_SUFFIXES = (".gz", ".fz", ".bz2")
+"""Files the fast paths leave to astropy (their bytes are not the FITS layout)."""
+
+
 class UnreadableFileError(Exception):
     """A file could not be read; the message names the file and what is wrong."""
 
@@ -186,7 +190,7 @@ def spectra_in_file(path: str | os.PathLike[str], reader: str = "auto",
 
         readers = PluginHost().readers
     source = str(path)
-    if source.endswith((".gz", ".fz", ".bz2")) or not Path(source).is_file():
+    if source.endswith(COMPRESSED_SUFFIXES) or not Path(source).is_file():
         return None
     try:
         with open(source, "rb") as handle:
@@ -227,7 +231,7 @@ def _read_raw(source: str, reader: str, readers: Registry[SpectrumReader],
 
     candidates = [r for r in readers if hasattr(r, "read_raw")
                   and (reader == "auto" or r.name == reader)]
-    if not candidates or source.endswith((".gz", ".fz", ".bz2")):
+    if not candidates or source.endswith(COMPRESSED_SUFFIXES):
         return None, None
     raw = None
     try:
