@@ -214,9 +214,11 @@ def test_refit_finds_the_subpixel_minimum_with_honest_errors(engine):
     assert 0.7 < np.std(pull) < 1.4
 
 
-def test_exact_fits_equal_a_float64_least_squares(engine, reference):
-    """The refit's fits at lag − 1, lag, lag + 1 (formed ROW_BLOCK rows at a time) equal
-    numpy's weighted least squares in float64 on every row: χ² and coefficients."""
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
+def test_exact_fits_equal_a_float64_least_squares(engine, reference, compiled):
+    """The refit's fits at lag − 1, lag, lag + 1 (compiled kernels on the CPU; torch
+    products ROW_BLOCK rows at a time, the path of other devices) equal numpy's weighted
+    least squares in float64 on every row: χ² and coefficients."""
     scan = engine._scans[1]
     rows = reference["QSO10"]
     repeat = -(-(2 * ROW_BLOCK + 3) // len(rows))
@@ -224,7 +226,8 @@ def test_exact_fits_equal_a_float64_least_squares(engine, reference):
     ivar = np.tile(rows["ivar"], (repeat, 1)).astype(np.float32)
     f = (flux - flux.mean(axis=1, keepdims=True)) / flux.std(axis=1, keepdims=True)
     lags = np.random.default_rng(3).integers(1, scan.n_lags - 1, size=len(f))
-    chis, coefs = fit_at_lags(scan, torch.from_numpy(f), torch.from_numpy(ivar), lags)
+    chis, coefs = fit_at_lags(scan, torch.from_numpy(f), torch.from_numpy(ivar), lags,
+                              compiled=compiled)
     eigen = scan.eigenvectors.numpy().astype(np.float64)
     n_obs = f.shape[1]
     for i in range(len(f)):

@@ -4,8 +4,10 @@ The encoder's χ² curve finds where a class fits; this fits the class's ``K`` e
 coefficients exactly (ivar-weighted linear least squares) at a lag and its two neighbours,
 walks downhill to a better lag if a neighbour fits better, and puts a parabola through the
 three χ² values: its vertex gives the sub-pixel redshift and its curvature the redshift
-error (Δχ² = 1). Batched torch; loops run over walk steps, window positions and blocks of
-:data:`ROW_BLOCK` spectra (whose ``(rows, K, N)`` products stay in cache) only.
+error (Δχ² = 1). Batched: on the CPU each fit's normal equations, χ² and model come from
+compiled kernels (:mod:`~gasnet_plugin.engines.exact_fit_kernels`), elsewhere from batched
+torch products over blocks of :data:`ROW_BLOCK` spectra (whose ``(rows, K, N)`` products
+stay in cache); Python loops run over walk steps and window positions only.
 """
 
 from __future__ import annotations
@@ -75,13 +77,16 @@ def eigen_windows(scan: ClassScan, lags: np.ndarray, n_obs: int) -> torch.Tensor
 
 
 def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndarray,
-                offsets: tuple[int, ...] = (0, 1, 2),
+                offsets: tuple[int, ...] = (0, 1, 2), compiled: bool | None = None,
                 ) -> tuple[np.ndarray, list[torch.Tensor]]:
     """Exact weighted linear fits of the class's eigenspectra at ``lags − 1, lags,
     lags + 1`` (window positions 0, 1, 2; ``offsets`` picks which).
 
-    The normal equations are formed :data:`ROW_BLOCK` rows at a time, so that the
-    ``(rows, K, N)`` weighted eigenspectra stay in cache.
+    On the CPU the normal equations and χ² come from the compiled kernels of
+    :mod:`~gasnet_plugin.engines.exact_fit_kernels`; on other devices (or with
+    ``compiled=False``) from batched torch products, :data:`ROW_BLOCK` rows at a time so
+    that the ``(rows, K, N)`` weighted eigenspectra stay in cache. Both solve the same
+    ridge-regularized equations in float64.
 
     Parameters
     ----------
@@ -91,18 +96,25 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
         ``(b, N)`` preprocessed fluctuation and ivar.
     lags
         ``(b,)`` int64 centre lags.
+    offsets
+        The window positions fitted.
+    compiled
+        Use the compiled kernels; ``None``: where the tensors are on the CPU.
 
     Returns
     -------
     The χ² ``(b, len(offsets))`` float64 and the coefficients (one ``(b, K)`` float64
     tensor per offset).
     """
+    if compiled is None:
+        compiled = f.device.type == "cpu"
+    if compiled:
+        return _fit_compiled(scan, f, w, lags, offsets)
     n_rows, n_obs = f.shape
     device = f.device
     k = scan.n_coef
     chis = torch.empty((n_rows, len(offsets)), dtype=torch.float64, device=device)
     coefs = [torch.empty((n_rows, k), dtype=torch.float64, device=device) for _ in offsets]
-    ridge_unit = torch.eye(k, dtype=torch.float64, device=device)
     for start in range(0, n_rows, ROW_BLOCK):
         block = slice(start, start + ROW_BLOCK)
         x_b = eigen_windows(scan, lags[block], n_obs)                # (r, K, N + 2)
@@ -113,9 +125,7 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
             # bmm on the strided window (einsum first copies it whole: ~2× slower)
             normal = torch.bmm(xo * w_b[:, None, :], xo.transpose(1, 2)).double()
             rhs = (wf @ xo.transpose(1, 2))[:, 0].double()           # (r, K)
-            scale = torch.diagonal(normal, dim1=1, dim2=2).mean(dim=1).clamp_min(1e-30)
-            ridge = 1e-10 * scale[:, None, None] * ridge_unit
-            a = torch.linalg.solve(normal + ridge, rhs[:, :, None])[:, :, 0]
+            a = _solve(normal, rhs)
             # χ² from the residual, not Σwf² − bᵀa: no cancellation, so the small χ²
             # differences between neighbouring lags (the curvature) keep their precision
             residual = f_b - (a.float()[:, None, :] @ xo)[:, 0]
@@ -124,8 +134,40 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
     return chis.cpu().numpy(), coefs
 
 
+def _fit_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndarray,
+                  offsets: tuple[int, ...]) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """:func:`fit_at_lags` through the compiled CPU kernels."""
+    from gasnet_plugin.engines.exact_fit_kernels import normal_equations, residual_chi2
+
+    n_rows = f.shape[0]
+    k = scan.n_coef
+    padded = scan.padded_eigenvectors.numpy()
+    f_np = np.ascontiguousarray(f.numpy(), dtype=np.float32)
+    w_np = np.ascontiguousarray(w.numpy(), dtype=np.float32)
+    lags_np = np.ascontiguousarray(lags, dtype=np.int64)
+    positions = np.asarray(offsets, dtype=np.int64)
+    normal = np.empty((n_rows, positions.size, k, k), dtype=np.float32)
+    rhs = np.empty((n_rows, positions.size, k), dtype=np.float32)
+    normal_equations(padded, lags_np, positions, f_np, w_np, normal, rhs)
+    a = _solve(torch.from_numpy(normal).double(), torch.from_numpy(rhs).double())
+    chis = np.empty((n_rows, positions.size))
+    residual_chi2(padded, lags_np, positions, f_np, w_np,
+                  np.ascontiguousarray(a.float().numpy()), chis)
+    return chis, [a[:, i].contiguous() for i in range(positions.size)]
+
+
+def _solve(normal: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Coefficients ``(..., K)`` from float64 normal equations ``(..., K, K)`` and
+    ``(..., K)``, with a ridge of 1e-10 of the mean diagonal (a window beyond the template's
+    grid has all-zero eigenspectra)."""
+    scale = torch.diagonal(normal, dim1=-2, dim2=-1).mean(dim=-1).clamp_min(1e-30)
+    ridge = 1e-10 * scale[..., None, None] * torch.eye(normal.shape[-1], dtype=normal.dtype,
+                                                        device=normal.device)
+    return torch.linalg.solve(normal + ridge, rhs[..., None])[..., 0]
+
+
 def eigen_model(scan: ClassScan, coef: torch.Tensor, lags: np.ndarray, delta: np.ndarray,
-                n_obs: int) -> torch.Tensor:
+                n_obs: int, compiled: bool | None = None) -> torch.Tensor:
     """The model ``coef · eigenspectra`` at the sub-pixel lags ``lags + delta``, ``(b, N)``
     float32 in preprocessed units: the lag's model blended linearly with its neighbour's on
     ``delta``'s side.
@@ -136,9 +178,20 @@ def eigen_model(scan: ClassScan, coef: torch.Tensor, lags: np.ndarray, delta: np
         ``(b, K)`` coefficients (at ``lags``).
     lags, delta
         ``(b,)`` int64 lags and their sub-pixel offsets, ``|delta| ≤ 1``.
+    compiled
+        Use the compiled kernel; ``None``: where ``coef`` is on the CPU.
     """
     device = coef.device
     out = torch.empty((len(lags), n_obs), dtype=torch.float32, device=device)
+    if compiled is None:
+        compiled = device.type == "cpu"
+    if compiled:
+        from gasnet_plugin.engines.exact_fit_kernels import blended_model
+
+        blended_model(scan.padded_eigenvectors.numpy(), np.ascontiguousarray(lags, np.int64),
+                      np.ascontiguousarray(coef.float().numpy()),
+                      np.asarray(delta, dtype=np.float32), out.numpy())
+        return out
     for start in range(0, len(lags), ROW_BLOCK):
         block = slice(start, start + ROW_BLOCK)
         # the model over the whole window: its pixels 0, 1, 2 onward are lag − 1, lag, lag + 1
@@ -153,7 +206,8 @@ def eigen_model(scan: ClassScan, coef: torch.Tensor, lags: np.ndarray, delta: np
 
 
 def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
-          obs_loglam0: float, refine: bool = True) -> ExactFit:
+          obs_loglam0: float, refine: bool = True, compiled: bool | None = None,
+          ) -> ExactFit:
     """Exact fit of class ``scan`` at ``lag`` for the rows ``use`` of ``pre``.
 
     With ``refine`` the fit walks downhill (at most :data:`MAX_WALK` pixels) while a
@@ -175,6 +229,9 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
         log10 Å of the first observed pixel.
     refine
         Walk and refine (see above).
+    compiled
+        Fit through the compiled CPU kernels (:func:`fit_at_lags`); ``None``: where the
+        batch is on the CPU.
     """
     n_rows, n_obs = pre.fluctuation.shape
     device = pre.fluctuation.device
@@ -193,13 +250,14 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     w = pre.ivar[rows]
     s_now = out.lag[rows_np].copy()
     if not refine:
-        chis, coefs = fit_at_lags(scan, f, w, s_now, offsets=(1,))
+        chis, coefs = fit_at_lags(scan, f, w, s_now, offsets=(1,), compiled=compiled)
         out.chi2[rows_np] = chis[:, 0]
         out.z[rows_np] = scan.z_lag[s_now]
         out.coef[rows_np] = coefs[0].cpu().numpy()
-        out.model[rows] = eigen_model(scan, coefs[0], s_now, np.zeros(s_now.size), n_obs)
+        out.model[rows] = eigen_model(scan, coefs[0], s_now, np.zeros(s_now.size), n_obs,
+                                      compiled)
         return out
-    chis, coefs = fit_at_lags(scan, f, w, s_now)
+    chis, coefs = fit_at_lags(scan, f, w, s_now, compiled=compiled)
     for _ in range(MAX_WALK):
         chi_m = np.where(s_now - 1 >= 0, chis[:, 0], np.inf)
         chi_p = np.where(s_now + 1 <= n_range - 1, chis[:, 2], np.inf)
@@ -216,7 +274,7 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
                 continue
             picked = torch.from_numpy(sub).to(device)
             chis_m, coefs_m = fit_at_lags(scan, f[picked], w[picked], s_now[sub],
-                                          offsets=(new_offset,))
+                                          offsets=(new_offset,), compiled=compiled)
             # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
             keep = [1, 2] if step == -1 else [0, 1]   # new positions ...
             old = [0, 1] if step == -1 else [1, 2]    # ... taken from these
@@ -250,5 +308,5 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     out.zerr[rows_np] = (1 + z_rows) * math.log(10) * step * sigma_lag
     out.ok[rows_np] = good
     out.coef[rows_np] = coefs[1].cpu().numpy()
-    out.model[rows] = eigen_model(scan, coefs[1], s_now, delta, n_obs)
+    out.model[rows] = eigen_model(scan, coefs[1], s_now, delta, n_obs, compiled)
     return out

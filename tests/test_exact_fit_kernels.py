@@ -1,0 +1,89 @@
+"""The exact refit's compiled CPU kernels against its torch path (the path of other devices).
+
+Both solve the same weighted least squares (each is checked against numpy's float64 fit in
+``test_gasnet3.py``); these tests compare them with each other on real spectra and check
+that a row's compiled result does not depend on the rows fitted with it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from astropy.io import fits
+from conftest import DATA
+
+from gasnet_plugin.engines.eigen_preprocess import preprocess
+from gasnet_plugin.engines.eigen_refit import eigen_model, fit_at_lags, refit
+from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
+
+
+@pytest.fixture(scope="module")
+def engine() -> Gasnet3Engine:
+    scanner = Gasnet3Engine()
+    scanner.setup()
+    return scanner
+
+
+@pytest.fixture(scope="module")
+def preprocessed(engine):
+    """The real rows of the GaSNet-III reference file (galaxies, QSOs, stars), preprocessed
+    as the engine does."""
+    with fits.open(DATA / "gasnet3-reference.fits") as hdul:
+        rows = {name: np.concatenate([hdul[t].data[name] for t in ("MIXED", "QSO10")])
+                for name in ("flux", "ivar")}
+        grid = hdul["GRID"].data["input_grid"][0].copy()
+    return preprocess(torch.from_numpy(rows["flux"].astype(np.float32)),
+                      torch.from_numpy(rows["ivar"].astype(np.float32)),
+                      torch.from_numpy(grid.astype(np.float64)),
+                      engine.model.preprocessing["poly_deg"], engine.params["masked_flux"])
+
+
+@pytest.mark.parametrize("class_index", [0, 1, 2], ids=["GALAXY", "QSO", "STAR"])
+def test_compiled_refit_equals_the_torch_refit(engine, preprocessed, class_index):
+    """Every row refitted from the same starting lags (a spread of them, so that rows walk
+    both ways): the same final lags and flags, z, its error and χ² to float32 rounding, and
+    the same model."""
+    scan = engine._scans[class_index]
+    n_rows = preprocessed.fluctuation.shape[0]
+    lag = np.random.default_rng(5).integers(1, scan.n_lags - 1, size=n_rows)
+    use = np.ones(n_rows, dtype=bool)
+    loglam0 = engine.model.obs_loglam[0]
+    fast = refit(scan, preprocessed, lag, use, loglam0, compiled=True)
+    slow = refit(scan, preprocessed, lag, use, loglam0, compiled=False)
+    np.testing.assert_array_equal(fast.lag, slow.lag)
+    np.testing.assert_array_equal(fast.ok, slow.ok)
+    np.testing.assert_allclose(fast.chi2, slow.chi2, rtol=1e-5)
+    # a pixel is ~2.3e-4 in ln(1 + z): z agrees to a thousandth of one
+    np.testing.assert_allclose(fast.z[fast.ok], slow.z[fast.ok], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(fast.zerr[fast.ok], slow.zerr[fast.ok], rtol=1e-2)
+    scale = slow.model.abs().amax(dim=1, keepdim=True).clamp_min(1e-30)
+    assert float(((fast.model - slow.model).abs() / scale).max()) < 1e-4
+
+
+def test_compiled_fit_of_a_row_does_not_depend_on_the_batch(engine, preprocessed):
+    """A row fitted alone gives bit for bit what it gets among the other rows."""
+    scan = engine._scans[0]
+    f, w = preprocessed.fluctuation, preprocessed.ivar
+    lags = np.random.default_rng(6).integers(1, scan.n_lags - 1, size=f.shape[0])
+    chis, coefs = fit_at_lags(scan, f, w, lags, compiled=True)
+    for i in (0, f.shape[0] // 2, f.shape[0] - 1):
+        one_chi, one_coef = fit_at_lags(scan, f[i:i + 1], w[i:i + 1], lags[i:i + 1],
+                                        compiled=True)
+        np.testing.assert_array_equal(one_chi[0], chis[i])
+        for position in range(3):
+            assert torch.equal(one_coef[position][0], coefs[position][i])
+
+
+def test_compiled_model_equals_the_torch_model(engine):
+    """The model at sub-pixel lags (both sides, the lag itself and whole neighbours)."""
+    scan = engine._scans[1]
+    n_obs = engine.model.obs_loglam.size
+    rng = np.random.default_rng(7)
+    lags = rng.integers(1, scan.n_lags - 1, size=9)
+    delta = np.array([-1.0, -0.7, -0.25, 0.0, 0.1, 0.5, 0.99, 1.0, -0.0])
+    coef = torch.from_numpy(rng.normal(size=(9, scan.n_coef)))
+    fast = eigen_model(scan, coef, lags, delta, n_obs, compiled=True)
+    slow = eigen_model(scan, coef, lags, delta, n_obs, compiled=False)
+    scale = float(slow.abs().max())
+    assert float((fast - slow).abs().max()) < 1e-5 * scale
