@@ -8,11 +8,13 @@ with the named stellar templates the subtype stage already ships
 broadened to a typical galaxy velocity dispersion, are fitted with a cubic polynomial by
 weighted linear least squares at each galaxy's redshift, with the pixels near emission
 lines left out. Batched: each spectrum's stars are one window of the zero-padded basis,
-and the normal equations are formed by blocks from them and the shared polynomial terms.
+and compiled kernels (numba) form the normal equations and the model from those windows
+and the shared polynomial terms, one spectrum at a time.
 """
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from gasnet_plugin.emission_lines import C_KMS
@@ -33,10 +35,9 @@ MASKED_LINES = (6564.61, 6585.27, 6549.86, 4862.68, 5008.24, 4960.30, 4341.68, 4
 MASK_HALF_WIDTH_KMS = 800.0
 """Half width of the pixels left out around each line, km/s."""
 CHUNK_ROWS = 16
-"""Spectra fitted together: each takes ``2 K P`` doubles (its shifted stars, and weighted;
-~0.8 MB), so chunks keep them in cache and a batch's memory small; the results are the
-same bit for bit (each row's products are computed alone). In a one-off timing on one
-core, 8 and 16 rows cost 0.16 ms per galaxy, 32 rows 0.21 and 64 rows 0.25."""
+"""Spectra fitted together: each takes a few ``P``-pixel float64 rows (its flux, weights
+and continuum), so chunks keep a batch's memory small; the results are the same bit for
+bit (each row's normal equations are formed alone)."""
 
 
 def broadened_basis(templates: StarTemplates, names: tuple[str, ...] = BASIS,
@@ -84,47 +85,102 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     ``P`` zero pixels at each end, ``(K, N + 2P)``, ``powers`` the polynomial terms
     ``(Q, P)``.
 
-    The design matrix of a spectrum is its ``K`` shifted stars and the ``Q`` polynomial
-    terms; its normal equations are formed by blocks (stars × stars, stars × polynomial,
-    polynomial × polynomial), so that only the stars, ``(B, K, P)``, are copied per
-    spectrum (the polynomial terms are shared)."""
+    The design matrix of a spectrum is its ``K`` shifted stars, each one contiguous window
+    of the zero-padded basis (pixels beyond the templates are 0 and not covered), and the
+    ``Q`` polynomial terms; the compiled :func:`_normal_equations` forms its normal
+    equations from those rows in place, with nothing copied per spectrum."""
     n_rows, n_pix = flux.shape
     n_stars, n_rest = padded.shape[0], padded.shape[1] - 2 * n_pix
-    n_poly = powers.shape[0]
+    n_dim = n_stars + powers.shape[0]
     step = (loglam[-1] - loglam[0]) / (n_pix - 1)
     zs = np.where(np.isfinite(z), z, 0.0)
     start = np.round((loglam[0] - np.log10(1 + zs) - loglam0) / step).astype(np.int64)
-    # each spectrum's stars: one contiguous window of the zero-padded basis (pixels beyond
-    # the templates are 0 and not covered), taken from the sliding windows (a row copy per
-    # star and spectrum, not an element-wise gather)
     offset = np.clip(start + n_pix, 0, n_rest + n_pix)
-    windows = np.lib.stride_tricks.sliding_window_view(padded, n_pix, axis=1)  # (K, ., P)
-    stars = windows[:, offset].transpose(1, 0, 2)                         # (B, K, P) view
     pixel = np.arange(n_pix)[None, :]
     covered = (pixel >= -start[:, None]) & (pixel < n_rest - start[:, None])  # (B, P)
     w = np.where(_far_from_lines(loglam, zs) & covered & np.isfinite(flux), ivar,
                  0.0).astype(np.float64)
     f = np.nan_to_num(flux.astype(np.float64))
-    weighted = stars * w[:, None, :]                                      # (B, K, P)
-    normal = np.empty((n_rows, n_stars + n_poly, n_stars + n_poly))
-    normal[:, :n_stars, :n_stars] = np.matmul(weighted, stars.transpose(0, 2, 1))
-    # every product is batched over rows (one BLAS call per row), so a row's numbers do not
-    # depend on the rows fitted with it
-    cross = np.matmul(weighted, powers.T)                                  # (B, K, Q)
-    normal[:, :n_stars, n_stars:] = cross
-    normal[:, n_stars:, :n_stars] = cross.transpose(0, 2, 1)
-    products = (powers[:, None, :] * powers[None, :, :]).reshape(n_poly * n_poly, n_pix)
-    normal[:, n_stars:, n_stars:] = np.matmul(w[:, None, :], products.T).reshape(
-        n_rows, n_poly, n_poly)
-    rhs = np.concatenate([np.matmul(weighted, f[:, :, None])[..., 0],
-                          np.matmul((w * f)[:, None, :], powers.T)[:, 0]], axis=1)
-    scale = np.einsum("bii->b", normal)[:, None, None] / normal.shape[1]
-    normal = normal + 1e-9 * np.maximum(scale, 1e-300) * np.eye(normal.shape[1])
+    normal = np.empty((n_rows, n_dim, n_dim))
+    rhs = np.empty((n_rows, n_dim))
+    _normal_equations(padded, offset, powers, f, w, normal, rhs)
+    scale = np.einsum("bii->b", normal)[:, None, None] / n_dim
+    normal = normal + 1e-9 * np.maximum(scale, 1e-300) * np.eye(n_dim)
     coefficients = np.linalg.solve(normal, rhs[..., None])[..., 0]
-    continuum = (np.matmul(coefficients[:, None, :n_stars], stars)[:, 0]
-                 + np.matmul(coefficients[:, None, n_stars:], powers)[:, 0])
-    enough = (w > 0).sum(axis=1) > 4 * normal.shape[1]
+    continuum = np.empty((n_rows, n_pix))
+    _model(padded, offset, powers, coefficients, continuum)
+    enough = (w > 0).sum(axis=1) > 4 * n_dim
     return np.where((enough & np.isfinite(z))[:, None] & covered, continuum, np.nan)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
+    """Σ a·b of two float64 vectors of one length (vectorized: fastmath reorders)."""
+    total = 0.0
+    for n in range(a.size):
+        total += a[n] * b[n]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _design_row(padded: np.ndarray, offset: int, powers: np.ndarray, index: int,
+                n_pix: int) -> np.ndarray:  # pragma: no cover - compiled
+    """Design row ``index`` of a spectrum whose stars start at ``offset`` of ``padded``:
+    a star's window, then the polynomial terms."""
+    n_stars = padded.shape[0]
+    if index < n_stars:
+        return padded[index, offset:offset + n_pix]
+    return powers[index - n_stars, :n_pix]
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _normal_equations(padded: np.ndarray, offsets: np.ndarray, powers: np.ndarray,
+                      f: np.ndarray, w: np.ndarray, normal: np.ndarray, rhs: np.ndarray,
+                      ) -> None:  # pragma: no cover - compiled
+    """Per row, in place: ``normal`` ``(B, D, D)`` ``Σ w x_a x_b`` and ``rhs`` ``(B, D)``
+    ``Σ w x_a f`` over the ``D = K + Q`` design rows (:func:`_design_row`; ``offsets``
+    ``(B,)`` where each row's stars start in ``padded``), in float64."""
+    n_rows, n_pix = f.shape
+    n_dim = padded.shape[0] + powers.shape[0]
+    weighted = np.empty((n_dim, n_pix))
+    for i in range(n_rows):
+        w_i = w[i]
+        for a in range(n_dim):
+            x_a = _design_row(padded, offsets[i], powers, a, n_pix)
+            wx_a = weighted[a]
+            for n in range(n_pix):
+                wx_a[n] = w_i[n] * x_a[n]
+            rhs[i, a] = _dot(wx_a, f[i])
+        for a in range(n_dim):
+            for b in range(a, n_dim):
+                value = _dot(weighted[a], _design_row(padded, offsets[i], powers, b, n_pix))
+                normal[i, a, b] = value
+                normal[i, b, a] = value
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _model(padded: np.ndarray, offsets: np.ndarray, powers: np.ndarray,
+           coefficients: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Per row, in place: ``out`` ``(B, P)`` = Σ ``coefficients[:, a]`` × design row ``a``."""
+    n_rows, n_pix = out.shape
+    n_dim = padded.shape[0] + powers.shape[0]
+    for i in range(n_rows):
+        out_i = out[i]
+        out_i[:] = 0.0
+        for a in range(n_dim):
+            c = coefficients[i, a]
+            x_a = _design_row(padded, offsets[i], powers, a, n_pix)
+            for n in range(n_pix):
+                out_i[n] += c * x_a[n]
+
+
+def load_kernels() -> None:
+    """Load the compiled kernels now (numba's on-disk cache; compiled on the first call
+    after an install), so that the cost is paid at set-up, not by the first batch."""
+    padded, powers = np.ones((2, 9)), np.ones((1, 3))
+    f = np.ones((1, 3))
+    _fit_chunk(f.astype(np.float32), f.astype(np.float32), np.arange(3) * 1e-4,
+               np.zeros(1), padded, powers, 0.0)
 
 
 def _far_from_lines(loglam: np.ndarray, z: np.ndarray) -> np.ndarray:

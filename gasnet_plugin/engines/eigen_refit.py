@@ -49,7 +49,7 @@ class ExactFit:
         ``(B, K)`` coefficients at ``lag`` (preprocessed units).
     model
         ``(B, N)`` float32 model in preprocessed units at the refined lag (eigenspectra
-        interpolated linearly between lags), on the device.
+        interpolated linearly between lags), on the device; ``None`` when not asked for.
     """
 
     chi2: np.ndarray
@@ -58,7 +58,7 @@ class ExactFit:
     ok: np.ndarray
     lag: np.ndarray
     coef: np.ndarray
-    model: torch.Tensor
+    model: torch.Tensor | None
 
 
 def eigen_windows(scan: ClassScan, lags: np.ndarray, n_obs: int) -> torch.Tensor:
@@ -207,7 +207,7 @@ def eigen_model(scan: ClassScan, coef: torch.Tensor, lags: np.ndarray, delta: np
 
 def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
           obs_loglam0: float, refine: bool = True, compiled: bool | None = None,
-          ) -> ExactFit:
+          with_model: bool = True) -> ExactFit:
     """Exact fit of class ``scan`` at ``lag`` for the rows ``use`` of ``pre``.
 
     With ``refine`` the fit walks downhill (at most :data:`MAX_WALK` pixels) while a
@@ -232,6 +232,8 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     compiled
         Fit through the compiled CPU kernels (:func:`fit_at_lags`); ``None``: where the
         batch is on the CPU.
+    with_model
+        Build :attr:`ExactFit.model` (else it is ``None``).
     """
     n_rows, n_obs = pre.fluctuation.shape
     device = pre.fluctuation.device
@@ -240,22 +242,26 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
                    zerr=np.full(n_rows, np.nan), ok=np.zeros(n_rows, dtype=bool),
                    lag=np.asarray(lag, dtype=np.int64).copy(),
                    coef=np.full((n_rows, k), np.nan),
-                   model=torch.zeros((n_rows, n_obs), dtype=torch.float32, device=device))
+                   model=None)
     rows_np = np.flatnonzero(use)
     if rows_np.size == 0:
+        if with_model:
+            out.model = torch.zeros((n_rows, n_obs), dtype=torch.float32, device=device)
         return out
     rows = torch.from_numpy(rows_np).to(device)
     n_range = scan.n_lags
-    f = pre.fluctuation[rows]
-    w = pre.ivar[rows]
+    every_row = rows_np.size == n_rows
+    f = pre.fluctuation if every_row else pre.fluctuation[rows]
+    w = pre.ivar if every_row else pre.ivar[rows]
     s_now = out.lag[rows_np].copy()
     if not refine:
         chis, coefs = fit_at_lags(scan, f, w, s_now, offsets=(1,), compiled=compiled)
         out.chi2[rows_np] = chis[:, 0]
         out.z[rows_np] = scan.z_lag[s_now]
         out.coef[rows_np] = coefs[0].cpu().numpy()
-        out.model[rows] = eigen_model(scan, coefs[0], s_now, np.zeros(s_now.size), n_obs,
-                                      compiled)
+        if with_model:
+            out.model = _every_row(eigen_model(scan, coefs[0], s_now, np.zeros(s_now.size),
+                                               n_obs, compiled), rows, n_rows)
         return out
     chis, coefs = fit_at_lags(scan, f, w, s_now, compiled=compiled)
     for _ in range(MAX_WALK):
@@ -308,5 +314,17 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     out.zerr[rows_np] = (1 + z_rows) * math.log(10) * step * sigma_lag
     out.ok[rows_np] = good
     out.coef[rows_np] = coefs[1].cpu().numpy()
-    out.model[rows] = eigen_model(scan, coefs[1], s_now, delta, n_obs, compiled)
+    if with_model:
+        out.model = _every_row(eigen_model(scan, coefs[1], s_now, delta, n_obs, compiled),
+                               rows, n_rows)
+    return out
+
+
+def _every_row(model: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """The models ``(b, N)`` of the fitted ``rows`` as ``(n_rows, N)``, zeros for the rows
+    not fitted (``model`` itself when every row was)."""
+    if rows.numel() == n_rows:
+        return model
+    out = torch.zeros((n_rows, model.shape[1]), dtype=model.dtype, device=model.device)
+    out[rows] = model
     return out

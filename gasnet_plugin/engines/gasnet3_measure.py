@@ -79,7 +79,7 @@ def measure_chunk(engine: Gasnet3Engine, spectra: EngineInput) -> EngineResult:
             if not use.any():
                 continue
             fit = refit(scan, pre, cand_lag[:, rank], use, engine.model.obs_loglam[0],
-                        refine=False)
+                        refine=False, with_model=False)
             better = use & (fit.chi2 < bests[c].chi2)
             if better.any():
                 improved = _refitted_best(engine, c, pre, cand_lag[:, rank], better)

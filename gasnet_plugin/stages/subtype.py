@@ -71,7 +71,7 @@ class SubtypeStage(Stage):
     def setup(self, context: RunContext) -> None:
         from gasnet_plugin.host.config import ConfigError
         from gasnet_plugin.models.star_templates import StarTemplatesError, load_star_templates
-        from gasnet_plugin.stellar_continuum import BASIS, broadened_basis
+        from gasnet_plugin.stellar_continuum import BASIS, broadened_basis, load_kernels
 
         try:
             self.templates = load_star_templates(self.params["star_templates"])
@@ -83,6 +83,7 @@ class SubtypeStage(Stage):
                               f"{self.params['star_templates']!r} lack {missing}, the galaxy "
                               "continuum basis")
         self.galaxy_basis = broadened_basis(self.templates)
+        load_kernels()          # numba loads here, once, not with the first batch
         from astropy import units
 
         self._units = {quantity: units.Unit(unit) for quantity, unit in UNITS.items()
