@@ -11,8 +11,9 @@ spectrum's flux unit × Å). The narrow lines of a group share one width ``σ_n`
 component (Hα, Hβ) another ``σ_b``; doublets with a fixed ratio ([N II] 6548/6584, [O III]
 4959/5007) are one profile. Widths are taken from grids; for every spectrum and grid point
 the amplitudes are the exact weighted least-squares solution, and the grid point with the
-lowest χ² is kept (its curvature along the grid, in ln σ, gives the width error). Everything
-is batched numpy over spectra, width grid and window pixels.
+lowest χ² is kept (its curvature along the grid, in ln σ, gives the width error). The fits
+at every width combination are one compiled pass per spectrum
+(:mod:`gasnet_plugin.line_fit_kernels`); the rest is batched numpy over spectra.
 
 Reported per line: ``FLUX`` ± ``FLUX_ERR`` (observed frame), ``EW`` ± ``EW_ERR`` (rest frame,
 Å, positive for emission: flux / continuum at the line / (1 + z)) and ``SIGMA`` ±
@@ -26,6 +27,7 @@ without (its significance).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -124,29 +126,6 @@ def _windows(loglam: np.ndarray, z: np.ndarray, window: tuple[float, float],
     return index, inside
 
 
-def _profiles(rest: np.ndarray, lines: list[tuple[float, float]], sigma: np.ndarray,
-              ) -> np.ndarray:
-    """Unit-flux Gaussians ``(B, S, M)`` at rest wavelengths ``rest`` ``(B, M)`` (Å) for
-    the lines ``[(wavelength Å, weight), ...]`` summed, widths ``sigma`` ``(S,)`` or per
-    row ``(B, S)`` km/s, in observed-frame flux per observed Å: the caller divides by
-    (1 + z)."""
-    sigma = np.broadcast_to(sigma, (rest.shape[0], np.shape(sigma)[-1]))
-    safe = np.where(sigma > 0, sigma, 1.0)[:, :, None]                    # (B, S, 1)
-    # exp(−v²/2σ²) / (√(2π) σ_Å): per width a factor on v² and a scale, per pixel one exp;
-    # widths of 0 get a zero scale (no component)
-    exponent = -0.5 / safe**2
-    out = None
-    ln_rest = np.log(rest)[:, None, :]                                     # (B, 1, M)
-    for wavelength, weight in lines:
-        velocity_squared = (C_KMS * (ln_rest - np.log(wavelength))) ** 2
-        scale = np.where(sigma[:, :, None] > 0,
-                         weight * C_KMS / (np.sqrt(2 * np.pi) * wavelength * safe), 0.0)
-        profile = np.exp(exponent * velocity_squared)
-        profile *= scale
-        out = profile if out is None else out + profile
-    return out
-
-
 def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
                   continuum: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Measure every line of :data:`LINE_GROUPS` in ``B`` spectra at redshifts ``z``.
@@ -206,14 +185,9 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
     f = np.where(w > 0, f - model, 0.0)
     one_plus_z = (1 + z)[:, None]
     rest = 10.0 ** loglam[index] / one_plus_z
+    ln_rest = np.log(rest)
     grid = _sigma_grid(group)                                       # (S, n_kinds)
-    normal, rhs = _normal_equations(group, rest, f, w, one_plus_z)  # (B, S, D, D)
-    # components with zero width (no broad component) are dropped by a unit diagonal
-    empty = np.einsum("bsdd->bsd", normal) <= 0
-    normal = normal + empty[..., None] * np.eye(normal.shape[-1])
-    amplitude = np.linalg.solve(normal, rhs[..., None])[..., 0]    # (B, S, D)
-    chi2 = np.einsum("bm,bm->b", w, f * f)[:, None] - np.einsum("bsd,bsd->bs", amplitude,
-                                                                  rhs)
+    _, chi2, _ = _fit_widths(group, ln_rest, f, w, one_plus_z)      # (B, S)
     kinds = _kinds(group)
     usable = (w > 0).sum(axis=1) >= MIN_PIXELS
     best = np.argmin(chi2, axis=1)
@@ -222,7 +196,7 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
                  for c, kind in enumerate(kinds)}
     widths = {kind: (grid[best, c] if kind == "broad" else parabolas[kind][0])[:, None]
               for c, kind in enumerate(kinds)}
-    amp, covariance, _ = _solve_at(group, rest, f, w, one_plus_z, widths)
+    amp, covariance, _ = _solve_at(group, ln_rest, f, w, one_plus_z, widths)
     t = np.linspace(-1, 1, f.shape[1])
     for k, line in enumerate(group.lines):
         d = 2 + k
@@ -240,7 +214,8 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
                 widths_k = {kind: (grid[best_k, c] if kind == "broad" else
                                    _width_parabola(chi2, grid[:, c], best_k)[0])[:, None]
                             for c, kind in enumerate(kinds)}
-                fits.append((best_k, *_solve_at(group, rest, f, w, one_plus_z, widths_k)))
+                fits.append((best_k, *_solve_at(group, ln_rest, f, w, one_plus_z,
+                                                widths_k)))
             (best_b, amp_b, cov_b, chi2_b), (_, _, _, chi2_nb) = fits
             value = amp_b[:, d]
             error = np.sqrt(np.maximum(cov_b[:, d, d], 0.0))
@@ -267,76 +242,61 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.
     return out
 
 
-def _normal_equations(group: LineGroup, rest: np.ndarray, f: np.ndarray, w: np.ndarray,
-                      one_plus_z: np.ndarray, widths: dict[str, np.ndarray] | None = None,
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """Weighted normal matrix ``(B, S, D, D)`` and right-hand side ``(B, S, D)`` of every
-    width combination ``S`` of the group (:func:`_sigma_grid` order), design columns: the
-    linear continuum (2) then the group's lines in order.
+def _fit_widths(group: LineGroup, ln_rest: np.ndarray, f: np.ndarray, w: np.ndarray,
+                one_plus_z: np.ndarray, widths: dict[str, np.ndarray] | None = None,
+                covariance: bool = False,
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The group's weighted least-squares fit at every width combination ``S`` of its grid
+    (:func:`_sigma_grid` order), or at one combination per row where ``widths`` gives a
+    kind's widths per row ``(B, 1)`` (km/s); the compiled
+    :func:`~gasnet_plugin.line_fit_kernels.fit_widths`.
 
-    Built from blocks, each a batched matrix product over the window's pixels: the
-    continuum with itself, each width axis's profiles with the continuum and themselves,
-    and the two axes' profiles with each other; the full matrices are only assembled.
-    ``widths`` replaces a kind's grid by per-row widths ``(B, S_k)``."""
+    Returns the amplitudes ``(B, S, D)`` (design columns: the linear continuum (2), then
+    the group's lines in order), the χ² ``(B, S)`` and, with ``covariance``, the inverse
+    normal matrices ``(B, S, D, D)``."""
+    from gasnet_plugin.line_fit_kernels import fit_widths
+
     n_rows, n_pix = f.shape
+    line_kind, part_line, part_ln_center, part_scale = _group_arrays(group)
     kinds = _kinds(group)
-    axes: dict[str, np.ndarray] = {**WIDTH_GRIDS, **(widths or {})}
-    t = np.broadcast_to(np.linspace(-1, 1, n_pix), (n_rows, n_pix))
-    continuum = np.stack([np.ones_like(t), t], axis=1)                     # (B, 2, M)
-    wf = w * f
-    profiles, members = {}, {}
-    for kind in kinds:
-        lines = [k for k, line in enumerate(group.lines) if _kind(line) == kind]
-        members[kind] = lines
-        stack = []
-        for k in lines:
-            line = group.lines[k]
-            parts = [(line.wavelength, 1.0)]
-            if line.partner:
-                parts.append((line.partner[1], line.partner[2]))
-            stack.append(_profiles(rest, parts, axes[kind]) / one_plus_z[:, :, None])
-        profiles[kind] = np.stack(stack, axis=2)                           # (B, S_k, L_k, M)
-    n_cont = 2
-    n_dim = n_cont + len(group.lines)
-    shape = [np.shape(axes[k])[-1] for k in kinds]
-    normal = np.zeros((n_rows, *shape, n_dim, n_dim))
-    rhs = np.zeros((n_rows, *shape, n_dim))
-    sums = w @ np.stack([np.ones(n_pix), t[0], t[0] * t[0]]).T             # (B, 3)
-    cc = sums[:, [[0, 1], [1, 2]]]                                        # Σw [1 t; t t²]
-    normal[..., :n_cont, :n_cont] = cc.reshape(n_rows, *([1] * len(kinds)), n_cont, n_cont)
-    rhs[..., :n_cont] = np.einsum("bim,bm->bi", continuum, wf).reshape(
-        n_rows, *([1] * len(kinds)), n_cont)
-    for a, kind in enumerate(kinds):
-        p = profiles[kind]
-        n_lines = len(members[kind])
-        cols = [n_cont + k for k in members[kind]]
-        pw = p * w[:, None, None, :]
-        flat = pw.reshape(n_rows, -1, n_pix)
-        cross = np.matmul(flat, continuum.transpose(0, 2, 1)).reshape(
-            n_rows, shape[a], n_lines, n_cont)                             # (B, S_k, L_k, 2)
-        self_block = np.matmul(pw, p.transpose(0, 1, 3, 2))                # (B, S_k, L_k, L_k)
-        r = np.matmul(flat, f[:, :, None])[..., 0].reshape(n_rows, shape[a], n_lines)
-        expand = [1] * len(kinds)
-        expand[a] = shape[a]
-        view = (n_rows, *expand)
-        for i, ci in enumerate(cols):
-            normal[..., ci, :n_cont] = cross[:, :, i].reshape(*view, n_cont)
-            normal[..., :n_cont, ci] = cross[:, :, i].reshape(*view, n_cont)
-            rhs[..., ci] = r[:, :, i].reshape(view)
-            for j, cj in enumerate(cols):
-                normal[..., ci, cj] = self_block[:, :, i, j].reshape(view)
-        for b_axis in range(a + 1, len(kinds)):
-            other = kinds[b_axis]
-            q = profiles[other]
-            cols_q = [n_cont + k for k in members[other]]
-            mixed = np.matmul(flat, q.reshape(n_rows, -1, n_pix).transpose(0, 2, 1)).reshape(
-                n_rows, shape[a], n_lines, shape[b_axis], len(cols_q))
-            for i, ci in enumerate(cols):
-                for j, cj in enumerate(cols_q):
-                    block = mixed[:, :, i, :, j]                           # (B, S_a, S_b)
-                    normal[..., ci, cj] = block
-                    normal[..., cj, ci] = block
-    return (normal.reshape(n_rows, -1, n_dim, n_dim), rhs.reshape(n_rows, -1, n_dim))
+    axes = [np.broadcast_to((widths or {}).get(kind, WIDTH_GRIDS[kind]),
+                            (n_rows, np.shape((widths or {}).get(kind, WIDTH_GRIDS[kind]))[-1]))
+            for kind in kinds]
+    n_widths = np.array([axis.shape[1] for axis in axes], dtype=np.int64)
+    packed = np.zeros((len(kinds), n_rows, int(n_widths.max())))
+    for a, axis in enumerate(axes):
+        packed[a, :, :axis.shape[1]] = axis
+    n_combos = int(np.prod(n_widths))
+    n_dim = 2 + len(group.lines)
+    amplitude = np.empty((n_rows, n_combos, n_dim))
+    chi2 = np.empty((n_rows, n_combos))
+    inverse = (np.empty((n_rows, n_combos, n_dim, n_dim)) if covariance
+               else np.empty((0, 0, 0, 0)))
+    fit_widths(np.ascontiguousarray(ln_rest), np.linspace(-1, 1, n_pix),
+               np.ascontiguousarray(f), np.ascontiguousarray(w), 1.0 / one_plus_z[:, 0],
+               line_kind, part_line, part_ln_center, part_scale, packed, n_widths, amplitude,
+               chi2, inverse)
+    return amplitude, chi2, inverse if covariance else None
+
+
+@cache
+def _group_arrays(group: LineGroup) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The group's lines for :func:`~gasnet_plugin.line_fit_kernels.fit_widths`: each
+    line's kind (index into :func:`_kinds`), and per Gaussian (a line and its fixed
+    partner) its line, ln rest wavelength and ``ratio · c / (√(2π) λ)``."""
+    kinds = _kinds(group)
+    line_kind, part_line, part_ln_center, part_scale = [], [], [], []
+    for index, line in enumerate(group.lines):
+        line_kind.append(kinds.index(_kind(line)))
+        parts = [(line.wavelength, 1.0)]
+        if line.partner:
+            parts.append((line.partner[1], line.partner[2]))
+        for wavelength, ratio in parts:
+            part_line.append(index)
+            part_ln_center.append(np.log(wavelength))
+            part_scale.append(ratio * C_KMS / (np.sqrt(2 * np.pi) * wavelength))
+    return (np.array(line_kind, dtype=np.int64), np.array(part_line, dtype=np.int64),
+            np.array(part_ln_center), np.array(part_scale))
 
 
 def _kind(line: Line) -> str:
@@ -354,17 +314,14 @@ def _sigma_grid(group: LineGroup) -> np.ndarray:
     return np.stack([m.ravel() for m in mesh], axis=1)
 
 
-def _solve_at(group: LineGroup, rest: np.ndarray, f: np.ndarray, w: np.ndarray,
+def _solve_at(group: LineGroup, ln_rest: np.ndarray, f: np.ndarray, w: np.ndarray,
               one_plus_z: np.ndarray, widths: dict[str, np.ndarray],
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Amplitudes ``(B, D)``, their covariance ``(B, D, D)`` and χ² ``(B,)`` at one width
     per kind and row (``widths``: kind → ``(B, 1)`` km/s; 0 drops a component)."""
-    normal, rhs = _normal_equations(group, rest, f, w, one_plus_z, widths)
-    normal, rhs = normal[:, 0], rhs[:, 0]
-    normal = normal + (np.einsum("bdd->bd", normal) <= 0)[..., None] * np.eye(normal.shape[-1])
-    amplitude = np.linalg.solve(normal, rhs[..., None])[..., 0]
-    chi2 = np.einsum("bm,bm->b", w, f * f) - np.einsum("bd,bd->b", amplitude, rhs)
-    return amplitude, np.linalg.inv(normal), chi2
+    amplitude, chi2, covariance = _fit_widths(group, ln_rest, f, w, one_plus_z, widths,
+                                              covariance=True)
+    return amplitude[:, 0], covariance[:, 0], chi2[:, 0]
 
 
 def _width_parabola(chi2: np.ndarray, sigmas: np.ndarray, best: np.ndarray,

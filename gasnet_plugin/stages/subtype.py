@@ -70,6 +70,7 @@ class SubtypeStage(Stage):
 
     def setup(self, context: RunContext) -> None:
         from gasnet_plugin.host.config import ConfigError
+        from gasnet_plugin.line_fit_kernels import load_kernels as load_line_kernels
         from gasnet_plugin.models.star_templates import StarTemplatesError, load_star_templates
         from gasnet_plugin.stellar_continuum import BASIS, broadened_basis, load_kernels
 
@@ -84,6 +85,7 @@ class SubtypeStage(Stage):
                               "continuum basis")
         self.galaxy_basis = broadened_basis(self.templates)
         load_kernels()          # numba loads here, once, not with the first batch
+        load_line_kernels()
         from astropy import units
 
         self._units = {quantity: units.Unit(unit) for quantity, unit in UNITS.items()
