@@ -336,21 +336,22 @@ def _width_parabola(chi2: np.ndarray, sigmas: np.ndarray, best: np.ndarray,
     if values.size < 3:
         return refined, error
     step = _axis_step(sigmas, values)   # neighbours share every other width: a flat offset
-    for r in range(1, values.size - 1):
-        at = np.flatnonzero(sigmas[best] == values[r])
-        if at.size == 0:
-            continue
-        c0 = chi2[at, best[at]]
-        cm, cp = chi2[at, best[at] - step], chi2[at, best[at] + step]
-        lo, hi = np.log(values[r - 1] / values[r]), np.log(values[r + 1] / values[r])
-        # vertex of the parabola through (lo, cm), (0, c0), (hi, cp)
-        a = ((cp - c0) / hi - (cm - c0) / lo) / (hi - lo)
-        b = (cm - c0) / lo - a * lo
-        curvature = (cm - 2 * c0 + cp) / hi**2
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vertex = np.where(a > 0, -b / (2 * a), 0.0)
-            error[at] = np.where(curvature > 0, values[r] * np.sqrt(2 / curvature), np.nan)
-        refined[at] = values[r] * np.exp(np.clip(vertex, lo, hi))
+    # rows whose best width is an inner value of the axis (not an edge, not 0)
+    position = np.minimum(np.searchsorted(values, sigmas[best]), values.size - 1)
+    at = np.flatnonzero((position >= 1) & (position <= values.size - 2)
+                        & (values[position] == sigmas[best]))
+    r, best_at = position[at], best[at]
+    c0 = chi2[at, best_at]
+    cm, cp = chi2[at, best_at - step], chi2[at, best_at + step]
+    lo, hi = np.log(values[r - 1] / values[r]), np.log(values[r + 1] / values[r])
+    # vertex of the parabola through (lo, cm), (0, c0), (hi, cp)
+    a = ((cp - c0) / hi - (cm - c0) / lo) / (hi - lo)
+    b = (cm - c0) / lo - a * lo
+    curvature = (cm - 2 * c0 + cp) / hi**2
+    with np.errstate(invalid="ignore", divide="ignore"):
+        vertex = np.where(a > 0, -b / (2 * a), 0.0)
+        error[at] = np.where(curvature > 0, values[r] * np.sqrt(2 / curvature), np.nan)
+    refined[at] = values[r] * np.exp(np.clip(vertex, lo, hi))
     return refined, error
 
 
