@@ -79,6 +79,10 @@ def test_network_input_is_unit_rms_flux_and_a_mask():
     np.testing.assert_allclose(x[0, 0], np.array([3, -4, 0, 0]) / np.sqrt(25 / 4), rtol=1e-6)
     np.testing.assert_allclose(np.sqrt(np.mean(x[0, 0] ** 2)), 1.0, rtol=1e-6)
     assert np.all(x[1, 0] == 0)                                   # nothing to scale stays 0
+    # infinite flux, infinite or NaN ivar: no data there either
+    flux = np.array([[np.inf, -np.inf, 1.0, 2.0, 5.0]], dtype=np.float32)
+    ivar = np.array([[1.0, 1.0, np.inf, np.nan, 1.0]], dtype=np.float32)
+    np.testing.assert_array_equal(network_input(flux, ivar).numpy()[0, 1], [0, 0, 0, 0, 1])
 
 
 @pytest.mark.parametrize("task", ["classify", "redshift"])

@@ -25,6 +25,7 @@ provenance), so it round-trips through the project's ASDF tag ``cnn_model`` with
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -209,7 +210,9 @@ def network_input(flux: np.ndarray | torch.Tensor, ivar: np.ndarray | torch.Tens
     """
     flux = torch.as_tensor(flux, dtype=torch.float32)
     ivar = torch.as_tensor(ivar, dtype=torch.float32)
-    valid = (ivar > 0) & torch.isfinite(flux) & torch.isfinite(ivar)
+    # finite and positive ivar, finite flux (|NaN| < inf is False); 2.4x faster than
+    # torch.isfinite twice, in a one-off timing on one core, and the same mask
+    valid = (ivar > 0) & (ivar < math.inf) & (flux.abs() < math.inf)
     values = torch.where(valid, flux, torch.zeros((), dtype=torch.float32))
     rms = torch.sqrt(torch.mean(values.double() ** 2, dim=1, keepdim=True)).float()
     values = values / torch.where(rms > 0, rms, torch.ones((), dtype=torch.float32))
