@@ -1,9 +1,18 @@
-"""Candidate redshifts from χ² curves: local minima, picked far enough apart."""
+"""Candidate redshifts from χ² curves: local minima, picked far enough apart.
+
+:func:`pick_separated_minima` is what the engine calls: on the CPU one compiled (numba)
+pass per curve finds its local minima and picks among them; elsewhere
+:func:`minima_only` and :func:`pick_separated_window` do the same with whole-tensor
+operations (``count`` passes over every curve), and are the kernel's reference in the
+tests.
+"""
 
 from __future__ import annotations
 
 import math
 
+import numba
+import numpy as np
 import torch
 
 
@@ -70,3 +79,67 @@ def lower_envelope(curves: list[torch.Tensor], offsets: list[int],
         part.copy_(torch.minimum(part, curve))
         which[:, o:o + curve.shape[1]].masked_fill_(better, c)
     return envelope, which
+
+
+def pick_separated_minima(curves: torch.Tensor, count: int, halfwidth: int,
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pick_separated_window(minima_only(curves), count, halfwidth)``: the ``count``
+    lowest local minima of each curve ``(B, M)``, each more than ``halfwidth`` samples from
+    every better one; indices ``(B, count)`` int64 and values ``(B, count)`` (inf at index
+    0 where none is left). On the CPU through the compiled :func:`_pick_rows`, the same
+    numbers bit for bit."""
+    if curves.device.type != "cpu":
+        return pick_separated_window(minima_only(curves), count, halfwidth, in_place=True)
+    values = np.ascontiguousarray(curves.numpy())
+    indices = np.empty((values.shape[0], count), dtype=np.int64)
+    picked = np.empty((values.shape[0], count), dtype=values.dtype)
+    _pick_rows(values, count, halfwidth, indices, picked)
+    return torch.from_numpy(indices), torch.from_numpy(picked)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pick_rows(values: np.ndarray, count: int, halfwidth: int, indices: np.ndarray,
+               picked: np.ndarray) -> None:  # pragma: no cover - compiled
+    """Per row of ``values`` ``(B, M)``, in place: its local minima (finite, no higher
+    than their neighbours; the ends than their one neighbour), then ``count`` times the
+    lowest minimum not yet blanked (the first of equal ones), blanking the ``halfwidth``
+    samples on each side of it. Where none is left: inf at sample 0, as ``argmin`` over
+    the blanked (all-inf) curve gives."""
+    n_rows, size = values.shape
+    where = np.empty(size, dtype=np.int64)
+    blanked = np.zeros(size, dtype=np.bool_)
+    for b in range(n_rows):
+        row = values[b]
+        n_minima = 0
+        for m in range(size):
+            v = row[m]
+            if not np.isfinite(v):
+                continue
+            if m > 0 and not v <= row[m - 1]:
+                continue
+            if m < size - 1 and not v <= row[m + 1]:
+                continue
+            where[n_minima] = m
+            n_minima += 1
+        blanked[:] = False
+        for k in range(count):
+            best = -1
+            for j in range(n_minima):
+                m = where[j]
+                if not blanked[m] and (best < 0 or row[m] < row[best]):
+                    best = m
+            if best < 0:            # nothing left: argmin of an all-inf row gives 0
+                best = 0
+                indices[b, k] = best
+                picked[b, k] = np.inf
+            else:
+                indices[b, k] = best
+                picked[b, k] = row[best]
+            for m in range(max(best - halfwidth, 0), min(best + halfwidth + 1, size)):
+                blanked[m] = True
+
+
+def load_kernels() -> None:
+    """Load the compiled kernel now (numba's on-disk cache; compiled on the first call
+    after an install), so that the cost is paid at set-up, not by the first batch."""
+    pick_separated_minima(torch.ones((1, 4)), 2, 1)

@@ -131,10 +131,12 @@ class Gasnet3Engine(RedshiftEngine):
         top = max(math.log1p(scan.z_lag[0]) for scan in self._scans)
         self._offsets = np.array([round((top - math.log1p(scan.z_lag[0])) / per_lag)
                                   for scan in self._scans], dtype=np.int64)
-        if self.device.type == "cpu" and self.params["n_refit"]:
-            from gasnet_plugin.engines.exact_fit_kernels import load_kernels
+        if self.device.type == "cpu":   # numba loads here, once, not with the first batch
+            from gasnet_plugin.engines import candidates, exact_fit_kernels
 
-            load_kernels()      # numba loads here, once, not with the first batch
+            candidates.load_kernels()
+            if self.params["n_refit"]:
+                exact_fit_kernels.load_kernels()
 
     @property
     def classes(self) -> list[str]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from gasnet_plugin.engines.candidates import lower_envelope, minima_only, pick_separated_window
+from gasnet_plugin.engines.candidates import lower_envelope, pick_separated_minima
 from gasnet_plugin.engines.eigen_preprocess import Preprocessed, preprocess
 from gasnet_plugin.engines.eigen_refit import ExactFit, refit
 from gasnet_plugin.engines.eigen_scan import (
@@ -57,8 +57,8 @@ def measure_chunk(engine: Gasnet3Engine, spectra: EngineInput) -> EngineResult:
     # separation (a whole number of lags) from the better ones
     envelope, envelope_class = lower_envelope(curves, list(engine._offsets))
     n_cand = engine.params["n_candidates"]
-    cand_u, cand_chi2_t = pick_separated_window(minima_only(envelope), n_cand,
-                                                int(_separation_lags(engine, )), in_place=True)
+    cand_u, cand_chi2_t = pick_separated_minima(envelope, n_cand,
+                                                int(_separation_lags(engine)))
     cand_class = envelope_class.gather(1, cand_u).cpu().numpy()
     cand_lag = cand_u.cpu().numpy() - engine._offsets[cand_class]
     cand_chi2 = cand_chi2_t.cpu().numpy()
@@ -263,9 +263,9 @@ def _degeneracy(engine: Gasnet3Engine, curves: list[torch.Tensor], win_class: np
     for c, curve in enumerate(curves):
         rows_c = np.flatnonzero(win_class == c)
         if rows_c.size:
-            sub = minima_only(curve[torch.from_numpy(rows_c).to(engine.device)])
-            _, picked = pick_separated_window(sub, 2, round(0.01 / engine.model.dloglam) - 1,
-                                              in_place=True)
+            _, picked = pick_separated_minima(
+                curve[torch.from_numpy(rows_c).to(engine.device)], 2,
+                round(0.01 / engine.model.dloglam) - 1)
             two[rows_c] = picked.cpu().numpy()
     with np.errstate(invalid="ignore"):
         return np.where(np.isfinite(two[:, 1]), (two[:, 1] - two[:, 0]) / two[:, 0], -1.0)
