@@ -28,6 +28,20 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.float32:  # pragma: no cover - comp
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
+def _dot4(a: np.ndarray, b0: np.ndarray, b1: np.ndarray, b2: np.ndarray, b3: np.ndarray,
+          ) -> tuple[np.float32, np.float32, np.float32, np.float32]:  # pragma: no cover
+    """Σ a·b0, …, Σ a·b3 in one pass: ``a`` is loaded once for four products."""
+    t0 = t1 = t2 = t3 = np.float32(0.0)
+    for n in range(a.size):
+        x = a[n]
+        t0 += x * b0[n]
+        t1 += x * b1[n]
+        t2 += x * b2[n]
+        t3 += x * b3[n]
+    return t0, t1, t2, t3
+
+
+@numba.njit(cache=True, nogil=True, fastmath=True)
 def normal_equations(padded: np.ndarray, lags: np.ndarray, offsets: np.ndarray,
                      f: np.ndarray, w: np.ndarray, normal: np.ndarray, rhs: np.ndarray,
                      ) -> None:  # pragma: no cover - compiled
@@ -61,10 +75,20 @@ def normal_equations(padded: np.ndarray, lags: np.ndarray, offsets: np.ndarray,
                     wx_k[n] = w_i[n] * x_k[n]
                 rhs[i, o, k] = _dot(wx_k, f_i)
             for k in range(n_coef):
-                for j in range(k, n_coef):
-                    value = _dot(weighted[k], padded[j, start:start + n_obs])
-                    normal[i, o, k, j] = value
-                    normal[i, o, j, k] = value
+                j = k
+                while j + 4 <= n_coef:          # four columns per pass over the pixels
+                    values = _dot4(weighted[k], padded[j, start:start + n_obs],
+                                   padded[j + 1, start:start + n_obs],
+                                   padded[j + 2, start:start + n_obs],
+                                   padded[j + 3, start:start + n_obs])
+                    for q in range(4):
+                        normal[i, o, k, j + q] = values[q]
+                        normal[i, o, j + q, k] = values[q]
+                    j += 4
+                for last in range(j, n_coef):
+                    value = _dot(weighted[k], padded[last, start:start + n_obs])
+                    normal[i, o, k, last] = value
+                    normal[i, o, last, k] = value
 
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
