@@ -108,19 +108,21 @@ def _pick_rows(values: np.ndarray, count: int, halfwidth: int, indices: np.ndarr
     n_rows, size = values.shape
     where = np.empty(size, dtype=np.int64)
     blanked = np.zeros(size, dtype=np.bool_)
+    is_minimum = np.empty(size, dtype=np.bool_)
     for b in range(n_rows):
         row = values[b]
+        # the mask without branches (vectorized), then the minima's positions
+        for m in range(1, size - 1):
+            v = row[m]
+            is_minimum[m] = (v <= row[m - 1]) & (v <= row[m + 1]) & (abs(v) < np.inf)
+        is_minimum[0] = abs(row[0]) < np.inf and (size == 1 or row[0] <= row[1])
+        is_minimum[size - 1] = abs(row[size - 1]) < np.inf and (
+            size == 1 or row[size - 1] <= row[size - 2])
         n_minima = 0
         for m in range(size):
-            v = row[m]
-            if not np.isfinite(v):
-                continue
-            if m > 0 and not v <= row[m - 1]:
-                continue
-            if m < size - 1 and not v <= row[m + 1]:
-                continue
-            where[n_minima] = m
-            n_minima += 1
+            if is_minimum[m]:
+                where[n_minima] = m
+                n_minima += 1
         blanked[:] = False
         for k in range(count):
             best = -1
