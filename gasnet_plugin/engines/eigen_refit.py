@@ -137,7 +137,11 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
 def _fit_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndarray,
                   offsets: tuple[int, ...]) -> tuple[np.ndarray, list[torch.Tensor]]:
     """:func:`fit_at_lags` through the compiled CPU kernels."""
-    from gasnet_plugin.engines.exact_fit_kernels import normal_equations, residual_chi2
+    from gasnet_plugin.engines.exact_fit_kernels import (
+        normal_equations,
+        residual_chi2,
+        solve_ridge,
+    )
 
     n_rows = f.shape[0]
     k = scan.n_coef
@@ -149,11 +153,12 @@ def _fit_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.nd
     normal = np.empty((n_rows, positions.size, k, k), dtype=np.float32)
     rhs = np.empty((n_rows, positions.size, k), dtype=np.float32)
     normal_equations(padded, lags_np, positions, f_np, w_np, normal, rhs)
-    a = _solve(torch.from_numpy(normal).double(), torch.from_numpy(rhs).double())
+    coef = np.empty((n_rows, positions.size, k))
+    solve_ridge(normal, rhs, coef)
     chis = np.empty((n_rows, positions.size))
-    residual_chi2(padded, lags_np, positions, f_np, w_np,
-                  np.ascontiguousarray(a.float().numpy()), chis)
-    return chis, [a[:, i].contiguous() for i in range(positions.size)]
+    residual_chi2(padded, lags_np, positions, f_np, w_np, coef.astype(np.float32), chis)
+    return chis, [torch.from_numpy(np.ascontiguousarray(coef[:, i]))
+                  for i in range(positions.size)]
 
 
 def _solve(normal: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:

@@ -91,6 +91,52 @@ def normal_equations(padded: np.ndarray, lags: np.ndarray, offsets: np.ndarray,
                     normal[i, o, last, k] = value
 
 
+@numba.njit(cache=True, nogil=True)
+def solve_ridge(normal: np.ndarray, rhs: np.ndarray, coef: np.ndarray,
+                ) -> None:  # pragma: no cover - compiled
+    """``coef`` ``(b, O, K)`` float64, in place: each system of :func:`normal_equations`
+    (``(b, O, K, K)``, ``(b, O, K)``) solved in float64 with a ridge of 1e-10 of its mean
+    diagonal (at least 1e-40; a window beyond the template's grid has all-zero
+    eigenspectra), by Gaussian elimination with partial pivoting. NaN where a pivot is 0."""
+    n_rows, n_positions, n_coef = rhs.shape
+    work = np.empty((n_coef, n_coef))
+    x = np.empty(n_coef)
+    for i in range(n_rows):
+        for o in range(n_positions):
+            scale = 0.0
+            for k in range(n_coef):
+                scale += np.float64(normal[i, o, k, k])
+            ridge = 1e-10 * max(scale / n_coef, 1e-30)
+            for k in range(n_coef):
+                x[k] = rhs[i, o, k]
+                for j in range(n_coef):
+                    work[k, j] = normal[i, o, k, j]
+                work[k, k] += ridge
+            singular = False
+            for col in range(n_coef):
+                pivot = col
+                for r in range(col + 1, n_coef):
+                    if abs(work[r, col]) > abs(work[pivot, col]):
+                        pivot = r
+                if work[pivot, col] == 0.0:
+                    singular = True
+                    break
+                if pivot != col:
+                    for j in range(n_coef):
+                        work[col, j], work[pivot, j] = work[pivot, j], work[col, j]
+                    x[col], x[pivot] = x[pivot], x[col]
+                for r in range(col + 1, n_coef):
+                    factor = work[r, col] / work[col, col]
+                    for j in range(col + 1, n_coef):
+                        work[r, j] -= factor * work[col, j]
+                    x[r] -= factor * x[col]
+            for k in range(n_coef - 1, -1, -1):
+                total = x[k]
+                for j in range(k + 1, n_coef):
+                    total -= work[k, j] * coef[i, o, j]
+                coef[i, o, k] = np.nan if singular else total / work[k, k]
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def residual_chi2(padded: np.ndarray, lags: np.ndarray, offsets: np.ndarray, f: np.ndarray,
                   w: np.ndarray, coef: np.ndarray, chi2: np.ndarray,
@@ -162,4 +208,5 @@ def load_kernels() -> None:
     rhs = np.empty((1, 3, 2), dtype=np.float32)
     normal_equations(padded, lags, offsets, f, f, normal, rhs)
     residual_chi2(padded, lags, offsets, f, f, rhs, np.empty((1, 3)))
+    solve_ridge(normal, rhs, np.empty((1, 3, 2)))
     blended_model(padded, lags, rhs[:, 0], np.zeros(1, dtype=np.float32), f)
