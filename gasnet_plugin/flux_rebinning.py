@@ -112,19 +112,76 @@ def _rebin_rows(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarray, dropped
 @numba.njit(cache=True, nogil=True)
 def median_snr(flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:  # pragma: no cover
     """Per row, the median of ``flux * sqrt(ivar)`` over pixels with ``ivar > 0``; NaN
-    for a row with none. ``flux``, ``ivar``: ``(N, P)``; returns ``(N,)`` float32."""
+    for a row with none (the mean of the two middle values for an even count, as
+    ``np.median``). ``flux``, ``ivar``: ``(N, P)``; returns ``(N,)`` float32."""
     n_rows, n_pixels = flux.shape
     out = np.full(n_rows, np.nan, dtype=np.float32)
     values = np.empty(n_pixels, dtype=np.float32)
+    keys = np.empty(n_pixels, dtype=np.uint32)
+    counts = np.empty(2048, dtype=np.int64)
     for r in range(n_rows):
         n = 0
         for j in range(n_pixels):
             if ivar[r, j] > 0:
                 values[n] = flux[r, j] * np.sqrt(ivar[r, j])
                 n += 1
-        if n > 0:
-            out[r] = np.median(values[:n])
+        if n == 0:
+            continue
+        half = n >> 1
+        if n & 1:
+            out[r] = _kth_smallest(values[:n], half, keys, counts)
+        else:
+            low = _kth_smallest(values[:n], half - 1, keys, counts)
+            # the next order statistic: low itself if it occurs more than `half` times
+            # among the values up to it, else the smallest value above it
+            at_most, above = 0, np.float32(np.inf)
+            for i in range(n):
+                v = values[i]
+                if v <= low:
+                    at_most += 1
+                elif v < above:
+                    above = v
+            high = low if at_most > half else above
+            out[r] = (low + high) / 2
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _kth_smallest(values: np.ndarray, k: int, keys: np.ndarray,
+                  counts: np.ndarray) -> np.float32:  # pragma: no cover - compiled
+    """The ``k``-th smallest (from 0) of the float32 ``values`` (no NaN), by radix
+    selection on their bits: each float's bits made an unsigned key that sorts as the
+    float does, then 11, 11 and 10 bits at a time the bucket holding the ``k``-th key,
+    keeping only that bucket's keys for the next pass. O(n) without the branchy
+    partitions of a quickselect (~3x faster on 4000 S/N values in a one-off timing);
+    exact: the same value any selection gives. ``keys`` ``(≥ n,)`` uint32 and ``counts``
+    ``(2048,)`` are workspace."""
+    n = values.size
+    bits = values.view(np.uint32)
+    for i in range(n):
+        b = bits[i]
+        keys[i] = b ^ np.uint32(0xFFFFFFFF) if b >> 31 else b | np.uint32(0x80000000)
+    prefix = np.uint32(0)
+    for shift, width in ((21, 11), (10, 11), (0, 10)):
+        mask = np.uint32((1 << width) - 1)
+        counts[: 1 << width] = 0
+        for i in range(n):
+            counts[(keys[i] >> shift) & mask] += 1
+        bucket, below = 0, 0
+        while below + counts[bucket] <= k:
+            below += counts[bucket]
+            bucket += 1
+        k -= below
+        prefix |= np.uint32(bucket) << np.uint32(shift)
+        kept = 0                                   # the bucket's keys, for the next pass
+        for i in range(n):
+            if (keys[i] >> shift) & mask == bucket:
+                keys[kept] = keys[i]
+                kept += 1
+        n = kept
+    key = prefix
+    raw = key ^ np.uint32(0x80000000) if key >> 31 else key ^ np.uint32(0xFFFFFFFF)
+    return np.array([raw], dtype=np.uint32).view(np.float32)[0]
 
 
 def rebin_flux_conserving(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
