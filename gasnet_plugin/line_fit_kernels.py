@@ -26,7 +26,10 @@ of a narrow line's window."""
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Σ a·b of two float64 vectors of one length."""
+    """Σ a·b of two float64 vectors of one length.
+
+    Each compiled module keeps its own: numba's on-disk cache notices changes to a
+    module's own file only, not to jitted functions it calls from other files."""
     total = 0.0
     for m in range(a.size):
         total += a[m] * b[m]

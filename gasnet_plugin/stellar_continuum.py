@@ -115,7 +115,10 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
 
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Σ a·b of two float64 vectors of one length (vectorized: fastmath reorders)."""
+    """Σ a·b of two float64 vectors of one length (vectorized: fastmath reorders).
+
+    Each compiled module keeps its own: numba's on-disk cache notices changes to a
+    module's own file only, not to jitted functions it calls from other files."""
     total = 0.0
     for n in range(a.size):
         total += a[n] * b[n]

@@ -28,6 +28,16 @@ def sdss_folder_with_corrupt_file(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.fixture(scope="module")
+def engine():
+    """The default ``gasnet3`` engine, set up on the CPU (once per test module)."""
+    from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
+
+    scanner = Gasnet3Engine()
+    scanner.setup()
+    return scanner
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """``../shared/data`` where this checkout has it; the test is skipped elsewhere."""

@@ -15,14 +15,6 @@ from conftest import DATA
 
 from gasnet_plugin.engines.eigen_preprocess import preprocess
 from gasnet_plugin.engines.eigen_refit import eigen_model, fit_at_lags, refit
-from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
-
-
-@pytest.fixture(scope="module")
-def engine() -> Gasnet3Engine:
-    scanner = Gasnet3Engine()
-    scanner.setup()
-    return scanner
 
 
 @pytest.fixture(scope="module")

@@ -33,13 +33,6 @@ CLASSES = ("GALAXY", "QSO", "STAR")
 
 
 @pytest.fixture(scope="module")
-def engine() -> Gasnet3Engine:
-    scanner = Gasnet3Engine()
-    scanner.setup()
-    return scanner
-
-
-@pytest.fixture(scope="module")
 def reference():
     with fits.open(REFERENCE) as hdul:
         return {name: hdul[name].data.copy() for name in ("QSO10", "MIXED", "QSO_CURVES")} | {
