@@ -24,8 +24,11 @@ For a batch of ``B`` spectra on the model's observed grid (``N`` pixels):
    ``DELTACHI2`` is the χ² difference to the best candidate more than the separation
    away; GaSNet-III's degeneracy ``R`` is ``DEGENERACY``.
 
-Everything is batched torch on the configured device: no Python loop per spectrum or per
-redshift (loops run over classes and candidate ranks only). This module holds the engine's
+Everything is batched torch on the configured device, except that on the CPU the exact
+fits and the candidate picking run as compiled (numba) passes over the spectra
+(:mod:`~gasnet_plugin.engines.exact_fit_kernels`, :mod:`~gasnet_plugin.engines.candidates`;
+the torch versions are their reference): no Python loop per spectrum or per redshift
+(loops run over classes and candidate ranks only). This module holds the engine's
 parameters and set-up; :mod:`~gasnet_plugin.engines.gasnet3_measure` measures, and torch
 loads only when the engine is set up, so that listing plugins stays quick.
 
