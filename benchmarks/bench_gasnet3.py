@@ -6,6 +6,9 @@ rows), read once; the best of ``--repeat`` runs is reported. The baseline, run i
 process on a few of the same spectra, is GaSNet-III's own way of computing the χ² curves:
 two direct 'same'-padded ``conv1d`` per spectrum and class (its ``chi_square_curve``),
 after the same preprocessing and encoder. ``--device cuda`` times the GPU when there is one.
+On the CPU a second table times the exact refit alone on the same rows through its
+compiled kernels and through its torch products (the path of other devices), in the same
+process.
 
     python benchmarks/bench_gasnet3.py [--batch 256] [--repeat 3] [--device cpu]
 """
