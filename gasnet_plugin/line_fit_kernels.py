@@ -16,8 +16,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-C_KMS = 299792.458
-"""Speed of light, km/s."""
+from gasnet_plugin.emission_lines import C_KMS
+
 NEGLIGIBLE_POWER = -60.0
 """A profile's pixels beyond this exponent (more than 11σ out, < 1e-26 of its peak) are
 left at 0 instead of computed: below float64 precision of every sum they enter, and most

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from gasnet_plugin import emission_lines as el
-from gasnet_plugin.line_fit_kernels import C_KMS
+from gasnet_plugin.emission_lines import C_KMS
 
 LOGLAM = np.log10(3600.0) + 1e-4 * np.arange(4076)
 
