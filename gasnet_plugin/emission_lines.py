@@ -153,6 +153,7 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     out = {f"{name}_{q}": np.full(n_rows, np.nan) for name in line_names() for q in QUANTITIES}
     out.update({f"{line.name}_DCHI2": np.full(n_rows, np.nan) for group in LINE_GROUPS
                 for line in group.lines if line.kind == "broad"})
+    wave = 10.0 ** loglam
     for group in LINE_GROUPS:
         index, inside = _windows(loglam, z, group.window)
         valid = inside & (np.take_along_axis(ivar, index, 1) > 0)
@@ -161,30 +162,33 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         rows = np.flatnonzero(covered)
         if rows.size == 0:
             continue
-        model = None if continuum is None else continuum[rows]
-        fitted = _fit_group(group, flux[rows], ivar[rows], loglam, z[rows], index[rows],
-                            inside[rows], model)
+        fitted = _fit_group(group, flux, ivar, wave, z, rows, index[rows], inside[rows],
+                            continuum)
         for name, values in fitted.items():
             out[name][rows] = values
     return out
 
 
-def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray,
-               z: np.ndarray, index: np.ndarray, inside: np.ndarray,
+def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray,
+               z: np.ndarray, rows: np.ndarray, index: np.ndarray, inside: np.ndarray,
                continuum: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The measurements of one group's lines in ``B`` spectra whose window is covered."""
-    n_rows = flux.shape[0]
+    """The measurements of one group's lines in the ``B`` spectra ``rows`` of ``flux``,
+    ``ivar`` (and ``continuum``), whose windows (``index``, ``inside``, ``(B, M)``) are
+    covered; ``wave`` is the grid in Å. Only the windows' pixels are read."""
+    n_rows = rows.size
     out: dict[str, np.ndarray] = {}
-    f = np.take_along_axis(flux, index, 1).astype(np.float64)
-    w = np.where(inside, np.take_along_axis(ivar, index, 1), 0.0).astype(np.float64)
+    pick = rows[:, None]
+    z = z[rows]
+    f = flux[pick, index].astype(np.float64)
+    w = np.where(inside, ivar[pick, index], 0.0).astype(np.float64)
     w = np.where(np.isfinite(f) & np.isfinite(w), w, 0.0)
     model = np.zeros_like(f)
     if continuum is not None:
-        model = np.take_along_axis(continuum, index, 1).astype(np.float64)
+        model = continuum[pick, index].astype(np.float64)
         model = np.where(np.isfinite(model).all(axis=1, keepdims=True), model, 0.0)
     f = np.where(w > 0, f - model, 0.0)
     one_plus_z = (1 + z)[:, None]
-    rest = 10.0 ** loglam[index] / one_plus_z
+    rest = wave[index] / one_plus_z
     ln_rest = np.log(rest)
     grid = _sigma_grid(group)                                       # (S, n_kinds)
     _, chi2, _ = _fit_widths(group, ln_rest, f, w, one_plus_z)      # (B, S)
