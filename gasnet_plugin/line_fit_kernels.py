@@ -153,7 +153,7 @@ def fit_widths(ln_rest: np.ndarray, t: np.ndarray, f: np.ndarray, w: np.ndarray,
     n_combos = amplitude.shape[1]
     want_covariance = covariance.shape[0] > 0
     profiles = np.zeros((n_kinds, s_max, n_lines, n_pix))
-    weighted = np.empty(n_pix)
+    weighted = np.zeros((n_kinds, s_max, n_lines, n_pix))  # w × each profile
     tw = np.empty(n_pix)
     cross = np.zeros((n_kinds, s_max, n_lines, 3))       # Σ w p, Σ w t p, Σ w f p
     same = np.zeros((n_kinds, s_max, n_lines, n_lines))  # lines of one kind, one width
@@ -185,29 +185,25 @@ def fit_widths(ln_rest: np.ndarray, t: np.ndarray, f: np.ndarray, w: np.ndarray,
                             if part_line[p] == line:
                                 _add_gaussian(row, x_b, part_ln_center[p], sigma,
                                               part_scale[p] / sigma * inv_one_plus_z[b])
+                    w_row = weighted[a, i, line]
                     for m in range(n_pix):
-                        weighted[m] = w_b[m] * row[m]
-                    cross[a, i, line, 0] = np.sum(weighted)
-                    cross[a, i, line, 1] = _dot(weighted, t)
-                    cross[a, i, line, 2] = _dot(weighted, f_b)
+                        w_row[m] = w_b[m] * row[m]
+                    cross[a, i, line, 0] = np.sum(w_row)
+                    cross[a, i, line, 1] = _dot(w_row, t)
+                    cross[a, i, line, 2] = _dot(w_row, f_b)
                     for other in range(line + 1):
                         if line_kind[other] == a:
-                            value = _dot(weighted, profiles[a, i, other])
+                            value = _dot(w_row, profiles[a, i, other])
                             same[a, i, line, other] = value
                             same[a, i, other, line] = value
-        for a in range(n_kinds):
-            for i in range(n_widths[a]):
-                for line in range(n_lines):
-                    if line_kind[line] != a:
-                        continue
-                    for m in range(n_pix):
-                        weighted[m] = w_b[m] * profiles[a, i, line, m]
-                    for a2 in range(a + 1, n_kinds):
-                        for j in range(n_widths[a2]):
+                    # against every profile of the kinds before this one (all computed):
+                    # their weighted profile times this one
+                    for a0 in range(a):
+                        for j in range(n_widths[a0]):
                             for other in range(n_lines):
-                                if line_kind[other] == a2:
-                                    mixed[a, i, line, a2, j, other] = _dot(
-                                        weighted, profiles[a2, j, other])
+                                if line_kind[other] == a0:
+                                    mixed[a0, j, other, a, i, line] = _dot(
+                                        weighted[a0, j, other], row)
         for s in range(n_combos):
             rest = s
             for a in range(n_kinds - 1, -1, -1):
