@@ -156,31 +156,33 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     wave = 10.0 ** loglam
     for group in LINE_GROUPS:
         index, inside = _windows(loglam, z, group.window)
-        valid = inside & (np.take_along_axis(ivar, index, 1) > 0)
+        ivar_window = np.take_along_axis(ivar, index, 1)
+        valid = inside & (ivar_window > 0)
         covered = np.isfinite(z) & (valid.sum(axis=1) >= max(MIN_PIXELS,
                                                              MIN_COVERAGE * index.shape[1]))
         rows = np.flatnonzero(covered)
         if rows.size == 0:
             continue
-        fitted = _fit_group(group, flux, ivar, wave, z, rows, index[rows], inside[rows],
-                            continuum)
+        fitted = _fit_group(group, flux, ivar_window[rows], wave, z, rows, index[rows],
+                            inside[rows], continuum)
         for name, values in fitted.items():
             out[name][rows] = values
     return out
 
 
-def _fit_group(group: LineGroup, flux: np.ndarray, ivar: np.ndarray, wave: np.ndarray,
-               z: np.ndarray, rows: np.ndarray, index: np.ndarray, inside: np.ndarray,
-               continuum: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The measurements of one group's lines in the ``B`` spectra ``rows`` of ``flux``,
-    ``ivar`` (and ``continuum``), whose windows (``index``, ``inside``, ``(B, M)``) are
-    covered; ``wave`` is the grid in Å. Only the windows' pixels are read."""
+def _fit_group(group: LineGroup, flux: np.ndarray, ivar_window: np.ndarray,
+               wave: np.ndarray, z: np.ndarray, rows: np.ndarray, index: np.ndarray,
+               inside: np.ndarray, continuum: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The measurements of one group's lines in the ``B`` spectra ``rows`` of ``flux``
+    (and ``continuum``), whose windows (``index``, ``inside``, ``(B, M)``; their ivar
+    ``ivar_window``) are covered; ``wave`` is the grid in Å. Only the windows' pixels are
+    read."""
     n_rows = rows.size
     out: dict[str, np.ndarray] = {}
     pick = rows[:, None]
     z = z[rows]
     f = flux[pick, index].astype(np.float64)
-    w = np.where(inside, ivar[pick, index], 0.0).astype(np.float64)
+    w = np.where(inside, ivar_window, 0.0).astype(np.float64)
     w = np.where(np.isfinite(f) & np.isfinite(w), w, 0.0)
     model = np.zeros_like(f)
     if continuum is not None:
@@ -263,8 +265,8 @@ def _fit_widths(group: LineGroup, ln_rest: np.ndarray, f: np.ndarray, w: np.ndar
     n_rows, n_pix = f.shape
     line_kind, part_line, part_ln_center, part_scale = _group_arrays(group)
     kinds = _kinds(group)
-    axes = [np.broadcast_to((widths or {}).get(kind, WIDTH_GRIDS[kind]),
-                            (n_rows, np.shape((widths or {}).get(kind, WIDTH_GRIDS[kind]))[-1]))
+    chosen: dict[str, np.ndarray] = {**WIDTH_GRIDS, **(widths or {})}
+    axes = [np.broadcast_to(chosen[kind], (n_rows, np.shape(chosen[kind])[-1]))
             for kind in kinds]
     n_widths = np.array([axis.shape[1] for axis in axes], dtype=np.int64)
     packed = np.zeros((len(kinds), n_rows, int(n_widths.max())))
