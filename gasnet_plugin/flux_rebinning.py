@@ -153,9 +153,10 @@ def _kth_smallest(values: np.ndarray, k: int, keys: np.ndarray,
     selection on their bits: each float's bits made an unsigned key that sorts as the
     float does, then 11, 11 and 10 bits at a time the bucket holding the ``k``-th key,
     keeping only that bucket's keys for the next pass. O(n) without the branchy
-    partitions of a quickselect (~3x faster on 4000 S/N values in a one-off timing);
-    exact: the same value any selection gives. ``keys`` ``(≥ n,)`` uint32 and ``counts``
-    ``(2048,)`` are workspace."""
+    partitions of a quickselect (:func:`median_snr` 1.8x faster per 4076-pixel row than
+    with ``np.median``, in a one-off timing); exact: the value any selection gives (a
+    zero's sign aside: −0 sorts below +0 here). ``keys`` ``(≥ n,)`` uint32 and
+    ``counts`` ``(2048,)`` are workspace."""
     n = values.size
     bits = values.view(np.uint32)
     for i in range(n):
