@@ -1,4 +1,5 @@
-"""Compiled (numba) kernels of the exact refit on the CPU: normal equations, χ², model.
+"""Compiled (numba) kernels of the exact refit on the CPU: normal equations, their
+solution, χ², model.
 
 The exact refit (:mod:`~gasnet_plugin.engines.eigen_refit`) fits a class's ``K``
 eigenspectra to each spectrum at a few whole-pixel lags. On the CPU these kernels form
@@ -6,9 +7,10 @@ each fit's normal equations straight from the class's padded eigenspectra ``(K, 
 (a lag's window is a slice of each row, so nothing is gathered or copied), as
 ``K (K + 1) / 2`` vectorized dot products over the ``N`` pixels: about half the
 arithmetic of the batched matrix product, which also fills the symmetric half and runs
-tiny ``K × K`` output blocks. One row at a time, so a row's numbers do not depend on the
-rows fitted with it. Sums run in float32 vector lanes (the batched product's precision),
-χ² in float64. The torch path of :func:`~gasnet_plugin.engines.eigen_refit.fit_at_lags`
+tiny ``K × K`` output blocks; each system is then solved in float64
+(:func:`solve_ridge`). One row at a time, so a row's numbers do not depend on the rows
+fitted with it. Sums run in float32 vector lanes (the batched product's precision), χ² in
+float64. The torch path of :func:`~gasnet_plugin.engines.eigen_refit.fit_at_lags`
 does the same on other devices and is the kernels' reference in the tests.
 """
 
