@@ -10,7 +10,9 @@ log10-λ grid), converted by :func:`templates_from_idlspec2d`.
 times a free amplitude plus a quadratic polynomial in wavelength (for flux-calibration and
 extinction differences), by weighted least squares; the lowest χ² names the type. Each star
 is placed on the templates' rest-frame grid at its whole-pixel redshift shift, so that the
-sums over pixels are two matrix products of a chunk of stars with all the templates.
+sums over pixels are two matrix products of a chunk of stars with all the templates; the
+stars' side of those products is built in one compiled pass per star
+(:mod:`~gasnet_plugin.models.star_fit_kernels`).
 """
 
 from __future__ import annotations
@@ -183,6 +185,12 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     return StarFit(index, chi2, chi2 / dof, all_chi2)
 
 
+def _as_floats(array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous float32 or float64 array (float32 stays float32)."""
+    return np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float32
+                                else np.float64)
+
+
 def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
                ivar: np.ndarray, start: np.ndarray) -> np.ndarray:
     """χ² ``(b, T)`` of every template (times an amplitude, plus a polynomial of degree
@@ -194,6 +202,8 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     Every star is moved onto one rest-frame window of the templates, so that all share the
     templates' matrix: two products over the stars instead of two per redshift shift
     (each of which would read all the templates again)."""
+    from gasnet_plugin.models.star_fit_kernels import rest_frame_sides
+
     n_stars, n_pix = flux.shape
     n_templates = padded.shape[0]
     k = POLY_DEGREE + 1
@@ -205,31 +215,20 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     width = n_pix + int(shift.max()) - low
     window = slice(low + n_pix, low + n_pix + width)
     t = padded[:, window]                                                   # (T, R)
-    # observed pixel p of star b is window pixel p + shift_b − low
-    at = (shift - low)[:, None] + np.arange(n_pix)[None, :]                 # (b, P)
-    w = ivar.astype(np.float64) * t.any(axis=0)[at]                         # (b, P)
-    f = flux.astype(np.float64)
-    wf = w * f
-    # in the rest window: the weights and the weighted flux (scattered), and the weighted
-    # polynomial terms (x is affine in the pixel: x_rest is x at each star's window pixels,
-    # computed there, not scattered)
-    row_index = np.arange(n_stars)[:, None]
-    weights = np.zeros((n_stars, width))
-    weights[row_index, at] = w
+    # observed pixel p of star b is window pixel p + shift_b − low; in the rest window:
+    # the weights, the weighted polynomial terms and the weighted flux (compiled, one
+    # pass per star), with the polynomial's own sums
+    weights = np.empty((n_stars, width))
     sides = np.empty((n_stars, k + 1, width))
-    sides[:, k] = 0.0
-    sides[row_index, k, at] = wf
-    x_rest = (np.arange(width)[None, :] - (shift - low)[:, None]) * (2.0 / (n_pix - 1)) - 1.0
-    sides[:, 0] = weights
-    for power in range(1, k):
-        np.multiply(sides[:, power - 1], x_rest, out=sides[:, power])
+    xx = np.empty((n_stars, k, k))
+    fx = np.empty((n_stars, k))
+    flux_norm = np.empty(n_stars)
+    rest_frame_sides(_as_floats(flux), _as_floats(ivar), (shift - low).astype(np.int64),
+                     t.any(axis=0), powers, weights, sides, xx, fx, flux_norm)
     tt = weights @ padded_squared[:, window].T                              # (b, T)
     against = (sides.reshape(-1, width) @ t.T).reshape(n_stars, k + 1, n_templates)
     tx = against[:, :k].transpose(0, 2, 1)                                  # (b, T, K)
     ft = against[:, k]                                                      # (b, T)
-    products = (powers[:, None, :] * powers[None, :, :]).reshape(k * k, n_pix)
-    xx = (w @ products.T).reshape(n_stars, k, k)                            # (b, K, K)
-    fx = wf @ powers.T                                                      # (b, K)
     # the polynomial solved once per star; each template then adds one dimension, whose
     # least-squares amplitude and χ² follow from the Schur complement (no (K+1)² system
     # per template and star)
@@ -237,7 +236,7 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     gram = xx + ridge                                                       # (b, K, K)
     solved_fx = np.linalg.solve(gram, fx[..., None])[..., 0]                # (b, K)
     solved_tx = np.linalg.solve(gram, tx.transpose(0, 2, 1))                # (b, K, T)
-    chi2_poly = np.sum(wf * f, axis=1) - np.einsum("bk,bk->b", fx, solved_fx)
+    chi2_poly = flux_norm - np.einsum("bk,bk->b", fx, solved_fx)
     # the template's part not explained by the polynomial: its norm and overlap with f
     norm = tt - np.einsum("btk,bkt->bt", tx, solved_tx)                     # (b, T)
     overlap = ft - np.einsum("btk,bk->bt", tx, solved_fx)                   # (b, T)

@@ -65,12 +65,13 @@ class SubtypeStage(Stage):
         super().__init__(**params)
         self.templates: StarTemplates | None = None
         self.galaxy_basis: np.ndarray | None = None
-        self._blas: Any = None          # threadpoolctl.ThreadpoolController, on first use
+        self._blas: Any = None          # threadpoolctl.ThreadpoolController (setup)
         self._units: dict[str, Any] = {}  # quantity -> astropy unit (parsed once)
 
     def setup(self, context: RunContext) -> None:
         from gasnet_plugin.host.config import ConfigError
         from gasnet_plugin.line_fit_kernels import load_kernels as load_line_kernels
+        from gasnet_plugin.models.star_fit_kernels import load_kernels as load_star_kernels
         from gasnet_plugin.models.star_templates import StarTemplatesError, load_star_templates
         from gasnet_plugin.stellar_continuum import BASIS, broadened_basis, load_kernels
 
@@ -86,19 +87,21 @@ class SubtypeStage(Stage):
         self.galaxy_basis = broadened_basis(self.templates)
         load_kernels()          # numba loads here, once, not with the first batch
         load_line_kernels()
+        load_star_kernels()
         from astropy import units
+        from threadpoolctl import ThreadpoolController
+
+        # found once, here: finding the BLAS libraries reads /proc (~10 ms)
+        self._blas = ThreadpoolController()
 
         self._units = {quantity: units.Unit(unit) for quantity, unit in UNITS.items()
                        if unit in ("Angstrom", "km / s")}
 
     def process(self, batch: SpectrumBatch) -> None:
-        from threadpoolctl import ThreadpoolController
-
-        # one BLAS thread: matrix products then sum in one order, so a spectrum's result
-        # is bit for bit the same on a laptop, a Dask worker or a resumed run (the
-        # controller is found once: finding the libraries reads /proc, ~2 ms a call)
         if self._blas is None:
-            self._blas = ThreadpoolController()
+            raise RuntimeError("subtype: setup() was not called")
+        # one BLAS thread: matrix products then sum in one order, so a spectrum's result
+        # is bit for bit the same on a laptop, a Dask worker or a resumed run
         with self._blas.limit(limits=1, user_api="blas"):
             self._process(batch)
 
