@@ -34,9 +34,10 @@ from _common import REPO, SHARED, machine, table
 from bench_accuracy import read_labels
 
 from gasnet_plugin.api import as_config
+from gasnet_plugin.host.batch_outputs import Cursor, assemble_outputs
 from gasnet_plugin.host.collector import run_collector
 from gasnet_plugin.host.inputs import expand_inputs
-from gasnet_plugin.host.runner import Cursor, Pipeline, assemble_outputs
+from gasnet_plugin.host.runner import Pipeline
 from gasnet_plugin.io.archive import RunArchive
 
 STAGES = ("resample", "classify", "redshift-scan", "reconstruct", "subtype", "flag-anomaly")

@@ -36,10 +36,11 @@ from stpipe import Pipeline as StpipePipeline
 from stpipe import Step
 
 from gasnet_plugin.host.batch import SpectrumBatch
+from gasnet_plugin.host.batch_outputs import Cursor, assemble_outputs
 from gasnet_plugin.host.config import ConfigError, PipelineConfig, parse_config
 from gasnet_plugin.host.inputs import expand_inputs
 from gasnet_plugin.host.plugins import PluginHost
-from gasnet_plugin.host.runner import Cursor, Pipeline, assemble_outputs
+from gasnet_plugin.host.runner import Pipeline
 from gasnet_plugin.io.archive import RunArchive
 
 COMMON_SPEC = """

@@ -16,9 +16,10 @@ import yaml
 from conftest import DESI_FILE, LAMOST_FILES, REPO, SDSS_FILES, require
 
 from gasnet_plugin.api import as_config
+from gasnet_plugin.host.batch_outputs import Cursor
 from gasnet_plugin.host.config import ConfigError
 from gasnet_plugin.host.executors import missing_shards, shard_starts
-from gasnet_plugin.host.runner import Cursor, Pipeline
+from gasnet_plugin.host.runner import Pipeline
 from gasnet_plugin.host.shards import SHARD_NAME, ShardStore, parts_folder
 from gasnet_plugin.io.archive import ArchiveError, RunArchive, read_archive
 

@@ -34,7 +34,8 @@ import numpy as np
 from gasnet_plugin.host.config import ConfigError, parse_config
 
 if TYPE_CHECKING:
-    from gasnet_plugin.host.runner import BatchOutput, Pipeline
+    from gasnet_plugin.host.batch_outputs import BatchOutput
+    from gasnet_plugin.host.runner import Pipeline
     from gasnet_plugin.host.shards import ShardStore
 
 
@@ -179,8 +180,8 @@ def process_shard(config: dict[str, Any], source: str, files: list[str], start_r
     """Dask task: compute the shard of ``limit`` run rows from ``start_row`` (at cursor
     ``(start_file, start_in_file)``) and write it to ``folder`` (replacing a shard a
     failed attempt of this task may have written)."""
+    from gasnet_plugin.host.batch_outputs import Cursor
     from gasnet_plugin.host.collector import run_collector
-    from gasnet_plugin.host.runner import Cursor
     from gasnet_plugin.host.shards import ShardStore
 
     pipeline = _worker_pipeline(config, source, threads)

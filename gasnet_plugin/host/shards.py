@@ -32,13 +32,13 @@ import asdf
 from asdf.exceptions import ValidationError
 from astropy.table import Table
 
+from gasnet_plugin.host.batch_outputs import BatchOutput, Cursor, assemble_outputs
 from gasnet_plugin.io.archive import ArchiveError, SpectrumArrays, arrays_in_memory
 from gasnet_plugin.io.asdf_extension import URI_BASE
 from gasnet_plugin.io.asdf_files import read_validated, write_asdf_atomically
 
 if TYPE_CHECKING:
     from gasnet_plugin.host.config import PipelineConfig
-    from gasnet_plugin.host.runner import BatchOutput, Cursor
 
 SHARD_SCHEMA_URI = URI_BASE + "schemas/results_shard-1.0.0"
 MANIFEST_NAME = "manifest.json"
@@ -165,7 +165,6 @@ class ShardStore:
               ) -> Path:
         """Write the shard of run rows from ``start_row`` from the outputs of its batches
         (atomically; a shard already there is replaced)."""
-        from gasnet_plugin.host.runner import assemble_outputs
 
         results, arrays = assemble_outputs(outputs, names)
         end = outputs[-1].end
@@ -216,7 +215,6 @@ class ShardStore:
     def resume_point(self) -> tuple[int, Cursor]:
         """The first run row not covered by the unbroken run of shards from row 0 on disk,
         and the cursor where it starts (the end of the shard before it)."""
-        from gasnet_plugin.host.runner import Cursor
 
         present = set(self.indices())
         row, cursor = 0, Cursor()
@@ -289,7 +287,6 @@ class ShardStore:
         """The results (and archived arrays) of all shards, in row order, in memory (see
         :meth:`in_order` for the checks; :class:`StreamedMerge` is the way that does not
         hold the table)."""
-        from gasnet_plugin.host.runner import BatchOutput, Cursor, assemble_outputs
 
         outputs = [BatchOutput(
             results=results,
