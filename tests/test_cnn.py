@@ -118,6 +118,28 @@ def test_a_batch_in_parts_gives_the_outputs_of_one_pass(task):
     assert not np.array_equal(CNNPredictor(model, chunk=1).raw(flux, ivar), whole)
 
 
+def test_network_input_of_a_batch_is_its_rows_inputs_and_is_shared_bit_for_bit():
+    """Each row's input depends on that row alone (the classify stage makes the batch's
+    input once for the classifier and the regressor, which cut it into their own parts):
+    the input of 70 rows equals the inputs of any split of them, and outputs from a given
+    input equal outputs made from the spectra."""
+    from gasnet_plugin.models.gasnet2 import network_input
+
+    model = load_cnn_model("default", "redshift")
+    rng = np.random.default_rng(8)
+    flux = (rng.normal(1.0, 0.3, (70, model.obs_loglam.size))
+            * rng.uniform(1e-3, 1e3, (70, 1))).astype(np.float32)
+    ivar = rng.uniform(0.5, 4.0, flux.shape).astype(np.float32)
+    ivar[3, :500] = 0
+    flux[5, 100] = np.nan
+    whole = network_input(flux, ivar)
+    parts = torch.cat([network_input(flux[a:b], ivar[a:b])
+                       for a, b in ((0, 1), (1, 33), (33, 70))])
+    assert torch.equal(whole, parts)
+    predictor = CNNPredictor(model)
+    np.testing.assert_array_equal(predictor.raw(flux, ivar, whole), predictor.raw(flux, ivar))
+
+
 def test_a_model_file_that_breaks_its_schema_is_refused(tmp_path):
     model = small_model("redshift")
     model.provenance = {"source": "test", "trained_on": "nothing", "created": "now"}

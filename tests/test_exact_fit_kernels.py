@@ -79,3 +79,27 @@ def test_compiled_model_equals_the_torch_model(engine):
     slow = eigen_model(scan, coef, lags, delta, n_obs, compiled=False)
     scale = float(slow.abs().max())
     assert float((fast - slow).abs().max()) < 1e-5 * scale
+
+
+def test_continuum_is_the_least_squares_polynomial_and_its_basis_follows_the_grid():
+    """GaSNet-III's continuum equals numpy's polynomial fit through the valid pixels; the
+    basis kept from the last grid is not reused for another grid."""
+    from gasnet_plugin.engines.eigen_preprocess import polynomial_continuum
+
+    rng = np.random.default_rng(2)
+    uniform = 3.5563 + 1e-4 * np.arange(600)
+    stretched = 3.6021 + 0.06 * (np.arange(600) / 599) ** 2
+    for loglam in (uniform, stretched, uniform):   # a grid, another, the first again
+        x = (loglam - loglam.mean()) / ((loglam[-1] - loglam[0]) / 2)
+        flux = (1 + 0.3 * x - 0.2 * x**3)[None, :] + 0.05 * rng.normal(size=(3, 600))
+        ivar = np.ones_like(flux)
+        ivar[1, 200:400] = 0
+        continuum, ok = polynomial_continuum(torch.from_numpy(flux.astype(np.float32)),
+                                             torch.from_numpy(ivar.astype(np.float32)),
+                                             torch.from_numpy(loglam), 5)
+        assert ok.all()
+        for row in range(3):
+            good = ivar[row] > 0
+            expected = np.polyval(np.polyfit(x[good], flux[row, good].astype(np.float32), 5),
+                                  x)
+            np.testing.assert_allclose(continuum[row].numpy(), expected, rtol=0, atol=1e-5)

@@ -78,7 +78,7 @@ class CNNEngine(RedshiftEngine):
             raise ConfigError(f"redshift engine 'cnn': {exc}") from None
 
     def measure(self, spectra: EngineInput) -> EngineResult:
-        from gasnet_plugin.models.gasnet2 import check_grid
+        from gasnet_plugin.models.gasnet2 import check_grid, network_input
 
         if self._regressor is None:
             self.setup()
@@ -86,11 +86,12 @@ class CNNEngine(RedshiftEngine):
         n = spectra.flux.shape[0]
         flux = np.asarray(spectra.flux, dtype=np.float32)
         ivar = np.asarray(spectra.ivar, dtype=np.float32)
-        prediction = self._regressor.redshift(flux, ivar)
+        inputs = network_input(flux, ivar)        # read by the classifier too
+        prediction = self._regressor.redshift(flux, ivar, inputs)
         spectype, subtype = np.full(n, "", dtype="<U6"), np.full(n, "", dtype="<U1")
         if self._classifier is not None:
             check_grid(self._classifier.model, spectra.loglam)
-            classes = self._classifier.classify(flux, ivar)
+            classes = self._classifier.classify(flux, ivar, inputs)
             spectype, subtype = split_label(classes.best, self._classifier.model.label_set)
         z_min, z_max = self.model.z_range
         at_edge = (prediction.z <= z_min) | (prediction.z >= z_max)

@@ -12,6 +12,27 @@ from dataclasses import dataclass
 
 import torch
 
+_last_basis: tuple | None = None
+"""The last grid's continuum basis (see :func:`continuum_basis`): a run's batches share one
+grid, so it is made once, not per chunk."""
+
+
+def continuum_basis(loglam: torch.Tensor, degree: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The polynomial basis on the centred, scaled abscissa, ``(N, D)`` float64, and its
+    pairwise products ``(N, D²)``, for the grid ``loglam`` ``(N,)``. The last grid's are
+    kept and returned again for an equal grid (same values, device and degree)."""
+    global _last_basis
+    last = _last_basis                     # one read: another thread may replace it
+    if last is not None and last[0] == (degree, loglam.device, loglam.dtype) \
+            and last[1].shape == loglam.shape and torch.equal(last[1], loglam):
+        return last[2], last[3]
+    x = (loglam - loglam.mean()) / ((loglam[-1] - loglam[0]) / 2)
+    basis = torch.stack([x**p for p in range(degree + 1)], dim=1)          # (N, D)
+    n_coef = degree + 1
+    outer = (basis[:, :, None] * basis[:, None, :]).reshape(-1, n_coef * n_coef)   # (N, D²)
+    _last_basis = ((degree, loglam.device, loglam.dtype), loglam.clone(), basis, outer)
+    return basis, outer
+
 
 def polynomial_continuum(flux: torch.Tensor, ivar: torch.Tensor, loglam: torch.Tensor,
                          degree: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,10 +57,8 @@ def polynomial_continuum(flux: torch.Tensor, ivar: torch.Tensor, loglam: torch.T
     ok
         ``(B,)`` bool: the row had more valid pixels than coefficients.
     """
-    x = (loglam - loglam.mean()) / ((loglam[-1] - loglam[0]) / 2)
-    basis = torch.stack([x**p for p in range(degree + 1)], dim=1)          # (N, D)
+    basis, outer = continuum_basis(loglam, degree)
     n_coef = degree + 1
-    outer = (basis[:, :, None] * basis[:, None, :]).reshape(-1, n_coef * n_coef)   # (N, D²)
     good = (ivar > 0).to(torch.float64)                                      # (B, N)
     normal = (good @ outer).reshape(-1, n_coef, n_coef)                      # (B, D, D)
     rhs = (good * flux.to(torch.float64)) @ basis                            # (B, D)

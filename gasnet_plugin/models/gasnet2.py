@@ -282,9 +282,12 @@ class CNNPredictor:
         self.network = model.network().to(self.device)
         self.chunk = chunk
 
-    def raw(self, flux: np.ndarray, ivar: np.ndarray) -> np.ndarray:
+    def raw(self, flux: np.ndarray, ivar: np.ndarray, inputs: torch.Tensor | None = None,
+            ) -> np.ndarray:
         """``(B, n_heads, n_outputs)`` float32 network outputs; spectra must lie on the
-        model's grid (``(B, N)``)."""
+        model's grid (``(B, N)``). ``inputs``: :func:`network_input` of these spectra
+        where another model has already made it (a classifier and a regressor read the
+        same input; each row's input depends on that row alone)."""
         n = self.model.obs_loglam.size
         if flux.ndim != 2 or flux.shape[1] != n or ivar.shape != flux.shape:
             raise ValueError(f"model {self.model.name!r} reads (B, {n}) spectra on its grid; "
@@ -293,24 +296,29 @@ class CNNPredictor:
                        dtype=np.float32)
         n_parts = -(-flux.shape[0] // self.chunk)
         bounds = np.linspace(0, flux.shape[0], n_parts + 1).round().astype(int)
+        if inputs is None:
+            inputs = network_input(flux, ivar)
         with torch.inference_mode():
             for start, stop in itertools.pairwise(bounds):
-                x = network_input(flux[start:stop], ivar[start:stop]).to(self.device)
+                x = inputs[start:stop].to(self.device)
                 out[start:stop] = self.network(x).float().cpu().numpy()
         return out
 
-    def classify(self, flux: np.ndarray, ivar: np.ndarray) -> Classification:
-        """Label probabilities of every spectrum."""
+    def classify(self, flux: np.ndarray, ivar: np.ndarray,
+                 inputs: torch.Tensor | None = None) -> Classification:
+        """Label probabilities of every spectrum (``inputs``: see :meth:`raw`)."""
         if self.model.task != "classify":
             raise ValueError(f"model {self.model.name!r} is a {self.model.task} model")
-        logits = torch.from_numpy(self.raw(flux, ivar)[:, 0, :])
+        logits = torch.from_numpy(self.raw(flux, ivar, inputs)[:, 0, :])
         return Classification(torch.softmax(logits, dim=1).numpy(), list(self.model.labels))
 
-    def redshift(self, flux: np.ndarray, ivar: np.ndarray) -> RedshiftPrediction:
-        """Redshift and calibrated 1σ error of every spectrum."""
+    def redshift(self, flux: np.ndarray, ivar: np.ndarray,
+                 inputs: torch.Tensor | None = None) -> RedshiftPrediction:
+        """Redshift and calibrated 1σ error of every spectrum (``inputs``: see
+        :meth:`raw`)."""
         if self.model.task != "redshift":
             raise ValueError(f"model {self.model.name!r} is a {self.model.task} model")
-        return redshift_from_heads(self.raw(flux, ivar)[:, :, 0], self.model)
+        return redshift_from_heads(self.raw(flux, ivar, inputs)[:, :, 0], self.model)
 
 
 def redshift_from_heads(ln1pz: np.ndarray, model: CNNModel) -> RedshiftPrediction:

@@ -96,7 +96,7 @@ class ClassifyStage(Stage):
                 check_grid(predictor.model, loglam)
 
     def process(self, batch: SpectrumBatch) -> None:
-        from gasnet_plugin.models.gasnet2 import check_grid
+        from gasnet_plugin.models.gasnet2 import check_grid, network_input
 
         if batch.spectrum is None:
             raise RuntimeError("classify needs the resample stage before it")
@@ -108,7 +108,9 @@ class ClassifyStage(Stage):
         rows = np.flatnonzero(batch.usable & (np.asarray(batch.rows["NPIX_VALID"]) > 0))
         flux = np.asarray(batch.spectrum.flux.value, dtype=np.float32)[rows]
         ivar = np.asarray(batch.spectrum.uncertainty.array, dtype=np.float32)[rows]
-        result = self.predictor.classify(flux, ivar)
+        # the classifier and the regressor read the same input: made once
+        inputs = network_input(flux, ivar)
+        result = self.predictor.classify(flux, ivar, inputs)
         for index, label in enumerate(result.labels):
             column = np.full(n_rows, np.nan, dtype=np.float32)
             column[rows] = result.probabilities[:, index]
@@ -127,7 +129,7 @@ class ClassifyStage(Stage):
         batch.rows["CNN_MODEL"].description = "classifier model"
         if self.regressor is not None:
             check_grid(self.regressor.model, batch.spectrum.meta["loglam"])
-            prediction = self.regressor.redshift(flux, ivar)
+            prediction = self.regressor.redshift(flux, ivar, inputs)
             for name, values, text in (
                     ("CNN_Z", prediction.z, "GaSNet-II regressor redshift (mean of the heads)"),
                     ("CNN_ZERR", prediction.z_err, "calibrated 1-sigma spread of CNN_Z")):
