@@ -138,6 +138,8 @@ def test_network_input_of_a_batch_is_its_rows_inputs_and_is_shared_bit_for_bit()
     assert torch.equal(whole, parts)
     predictor = CNNPredictor(model)
     np.testing.assert_array_equal(predictor.raw(flux, ivar, whole), predictor.raw(flux, ivar))
+    with pytest.raises(ValueError, match="not the network input of these 69 spectra"):
+        predictor.raw(flux[1:], ivar[1:], whole)
 
 
 def test_a_model_file_that_breaks_its_schema_is_refused(tmp_path):

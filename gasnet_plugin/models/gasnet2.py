@@ -298,6 +298,9 @@ class CNNPredictor:
         bounds = np.linspace(0, flux.shape[0], n_parts + 1).round().astype(int)
         if inputs is None:
             inputs = network_input(flux, ivar)
+        elif tuple(inputs.shape) != (flux.shape[0], 2, n):
+            raise ValueError(f"inputs {tuple(inputs.shape)} are not the network input of "
+                             f"these {flux.shape[0]} spectra, (B, 2, {n})")
         with torch.inference_mode():
             for start, stop in itertools.pairwise(bounds):
                 x = inputs[start:stop].to(self.device)
