@@ -3,15 +3,15 @@ rest-frame window, with the sums that do not involve the templates.
 
 :func:`~gasnet_plugin.models.star_templates.fit_star_templates` places a chunk of stars on
 one window of the templates' rest-frame grid (star ``b``'s observed pixel ``p`` is window
-pixel ``offset_b + p``), so that two matrix products with the templates give every sum
-over pixels that involves a template. :func:`rest_frame_sides` builds those products'
-other sides in one pass per star: its weights, the weights times the polynomial's powers,
-and the weighted flux, zero outside the star's pixels; and, in the same pass, the sums
-without a template (the polynomial's normal equations and ``Σ w f²``). The numpy version
-it replaces built the same arrays from ``(b, P)`` index arrays and float64 copies, about
-ten passes over ~2 MB arrays per chunk; those were half the fit's time. Float64 throughout;
-the arrays are the numpy version's bit for bit (the same products in the same order), the
-sums the same to rounding (they are summed in another order).
+pixel ``offset_b + p``), so that two matrix products with the templates give every sum over
+pixels that involves a template. :func:`rest_frame_sides` builds those products' other sides
+in one pass per star: its weights times the polynomial's powers (the weights themselves as
+the zeroth) and the weighted flux, zero outside the star's pixels; and, in the same pass,
+the sums without a template (the polynomial's normal equations and ``Σ w f²``). The numpy
+version it replaces built the same arrays from ``(b, P)`` index arrays and float64 copies,
+about ten passes over ~2 MB arrays per chunk; those were half the fit's time. Float64
+throughout; the arrays are the numpy version's bit for bit (the same products in the same
+order), the sums the same to rounding (they are summed in another order).
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
-                     covered: np.ndarray, powers: np.ndarray, weights: np.ndarray,
-                     sides: np.ndarray, gram: np.ndarray, flux_side: np.ndarray,
-                     flux_norm: np.ndarray) -> None:  # pragma: no cover - compiled
+                     covered: np.ndarray, powers: np.ndarray, sides: np.ndarray,
+                     gram: np.ndarray, flux_side: np.ndarray, flux_norm: np.ndarray,
+                     ) -> None:  # pragma: no cover - compiled
     """The stars' arrays on the rest-frame window and their template-free sums, in place.
 
     Parameters
@@ -52,13 +52,11 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
     powers
         ``(K, P)`` float64: the polynomial's powers ``x**j`` at the observed pixels,
         ``x`` from −1 to 1.
-    weights
-        ``(b, R)`` float64 output: ``w = ivar`` (0 where not covered) at the star's
-        pixels, 0 elsewhere.
     sides
-        ``(b, K + 1, R)`` float64 output: ``w · x_r**j`` for ``j < K`` (``x_r`` the
-        polynomial's variable continued across the window, multiplied in turn) and
-        ``w · f`` at ``K``; 0 outside the star's pixels.
+        ``(b, K + 1, R)`` float64 output: ``w · x_r**j`` for ``j < K`` (``w = ivar``, 0
+        where not covered; ``x_r`` the polynomial's variable continued across the
+        window, multiplied in turn: row 0 is the weights themselves) and ``w · f`` at
+        ``K``; 0 outside the star's pixels.
     gram, flux_side, flux_norm
         ``(b, K, K)``, ``(b, K)`` and ``(b,)`` float64 outputs: ``Σ w x^i x^j``,
         ``Σ w f x^j`` and ``Σ w f²`` over the star's pixels.
@@ -70,8 +68,6 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
     for b in range(n_stars):
         start = offset[b]
         stop = start + n_pix
-        weights[b, :start] = 0.0
-        weights[b, stop:] = 0.0
         sides[b, :, :start] = 0.0
         sides[b, :, stop:] = 0.0
         for p in range(n_pix):
@@ -79,7 +75,6 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
             w = np.float64(ivar[b, p]) * (1.0 if covered[col] else 0.0)
             f = np.float64(flux[b, p])
             flux_b[p] = f
-            weights[b, col] = w
             sides[b, n_poly, col] = w * f
             # x on the window, as (col − offset) · step − 1: the numpy version's values
             x_rest = np.float64(p) * step - 1.0
@@ -102,5 +97,5 @@ def load_kernels() -> None:
     after an install), so that the cost is paid at set-up, not by the first batch."""
     one = np.ones((1, 3), dtype=np.float32)
     rest_frame_sides(one, one, np.zeros(1, np.int64), np.ones(4, np.bool_),
-                     np.ones((2, 3)), np.empty((1, 4)), np.empty((1, 3, 4)),
-                     np.empty((1, 2, 2)), np.empty((1, 2)), np.empty(1))
+                     np.ones((2, 3)), np.empty((1, 3, 4)), np.empty((1, 2, 2)),
+                     np.empty((1, 2)), np.empty(1))

@@ -216,16 +216,15 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     window = slice(low + n_pix, low + n_pix + width)
     t = padded[:, window]                                                   # (T, R)
     # observed pixel p of star b is window pixel p + shift_b − low; in the rest window:
-    # the weights, the weighted polynomial terms and the weighted flux (compiled, one
-    # pass per star), with the polynomial's own sums
-    weights = np.empty((n_stars, width))
+    # the weighted polynomial terms (the weights themselves first) and the weighted flux
+    # (compiled, one pass per star), with the polynomial's own sums
     sides = np.empty((n_stars, k + 1, width))
     xx = np.empty((n_stars, k, k))
     fx = np.empty((n_stars, k))
     flux_norm = np.empty(n_stars)
     rest_frame_sides(_as_floats(flux), _as_floats(ivar), (shift - low).astype(np.int64),
-                     t.any(axis=0), powers, weights, sides, xx, fx, flux_norm)
-    tt = weights @ padded_squared[:, window].T                              # (b, T)
+                     t.any(axis=0), powers, sides, xx, fx, flux_norm)
+    tt = sides[:, 0] @ padded_squared[:, window].T                          # (b, T)
     against = (sides.reshape(-1, width) @ t.T).reshape(n_stars, k + 1, n_templates)
     tx = against[:, :k].transpose(0, 2, 1)                                  # (b, T, K)
     ft = against[:, k]                                                      # (b, T)
