@@ -24,7 +24,7 @@ def continuum_basis(loglam: torch.Tensor, degree: int) -> tuple[torch.Tensor, to
     global _last_basis
     last = _last_basis                     # one read: another thread may replace it
     if last is not None and last[0] == (degree, loglam.device, loglam.dtype) \
-            and last[1].shape == loglam.shape and torch.equal(last[1], loglam):
+            and torch.equal(last[1], loglam):       # False for another shape
         return last[2], last[3]
     x = (loglam - loglam.mean()) / ((loglam[-1] - loglam[0]) / 2)
     basis = torch.stack([x**p for p in range(degree + 1)], dim=1)          # (N, D)
