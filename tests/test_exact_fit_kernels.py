@@ -103,3 +103,47 @@ def test_continuum_is_the_least_squares_polynomial_and_its_basis_follows_the_gri
             expected = np.polyval(np.polyfit(x[good], flux[row, good].astype(np.float32), 5),
                                   x)
             np.testing.assert_allclose(continuum[row].numpy(), expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_coef", [10, 7, 5, 1])
+def test_normal_equations_equal_float64_sums_at_every_window(engine, n_coef):
+    """Both normal-equation kernels (any window positions; a lag with its two neighbours in
+    one pass) against float64 sums, for K that fill the kernels' tiles and that leave a
+    remainder, with masked pixels and windows at both ends of the padded eigenspectra.
+    Each sum is compared on its Cauchy–Schwarz scale (float32 sums: ~1e-7)."""
+    from gasnet_plugin.engines.exact_fit_kernels import (
+        normal_equations,
+        normal_equations_centred,
+    )
+
+    scan = engine._scans[1]
+    padded = np.ascontiguousarray(scan.padded_eigenvectors.numpy()[:n_coef])
+    n_obs, n_rows = engine.model.obs_loglam.size, 6
+    rng = np.random.default_rng(8)
+    f = rng.normal(size=(n_rows, n_obs)).astype(np.float32)
+    w = rng.uniform(0.0, 2.0, size=(n_rows, n_obs)).astype(np.float32)
+    w[:, :40] = 0.0
+    w[:, -25:] = 0.0
+    last = padded.shape[1] - n_obs - 2
+    lags = np.array([0, last, *rng.integers(1, last, size=n_rows - 2)], dtype=np.int64)
+    outputs = {}
+    for name in ("any", "centred"):
+        normal = np.empty((n_rows, 3, n_coef, n_coef), dtype=np.float32)
+        rhs = np.empty((n_rows, 3, n_coef), dtype=np.float32)
+        if name == "any":
+            normal_equations(padded, lags, np.arange(3, dtype=np.int64), f, w, normal, rhs)
+        else:
+            normal_equations_centred(padded, lags, f, w, normal, rhs)
+        outputs[name] = normal, rhs
+    for i in range(n_rows):
+        for position in range(3):
+            x = padded[:, lags[i] + position:lags[i] + position + n_obs].astype(np.float64)
+            gram = (x * w[i]) @ x.T
+            b = x @ (w[i].astype(np.float64) * f[i])
+            diag = np.sqrt(np.diag(gram))
+            scale_b = diag * np.sqrt(np.sum(w[i] * f[i].astype(np.float64) ** 2))
+            for name, (normal, rhs) in outputs.items():
+                assert np.all(np.abs(normal[i, position] - gram)
+                              <= 1e-6 * np.outer(diag, diag) + 1e-30), (name, i, position)
+                assert np.all(np.abs(rhs[i, position] - b) <= 1e-6 * scale_b + 1e-30), \
+                    (name, i, position)

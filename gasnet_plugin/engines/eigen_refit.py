@@ -139,6 +139,7 @@ def _fit_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.nd
     """:func:`fit_at_lags` through the compiled CPU kernels."""
     from gasnet_plugin.engines.exact_fit_kernels import (
         normal_equations,
+        normal_equations_centred,
         residual_chi2,
         solve_ridge,
     )
@@ -152,7 +153,10 @@ def _fit_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.nd
     positions = np.asarray(offsets, dtype=np.int64)
     normal = np.empty((n_rows, positions.size, k, k), dtype=np.float32)
     rhs = np.empty((n_rows, positions.size, k), dtype=np.float32)
-    normal_equations(padded, lags_np, positions, f_np, w_np, normal, rhs)
+    if tuple(offsets) == (0, 1, 2):     # a lag and its neighbours: one pass for the three
+        normal_equations_centred(padded, lags_np, f_np, w_np, normal, rhs)
+    else:
+        normal_equations(padded, lags_np, positions, f_np, w_np, normal, rhs)
     coef = np.empty((n_rows, positions.size, k))
     solve_ridge(normal, rhs, coef)
     chis = np.empty((n_rows, positions.size))
