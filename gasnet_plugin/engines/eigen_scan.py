@@ -4,7 +4,8 @@ The model spectrum of class ``c`` is ``m_c = amp · coef @ E_c`` on the rest-fra
 (the encoder gives amplitude and non-negative mixture weights). Its χ² against a spectrum
 at every lag ``s`` is ``Σ w f² − 2 Σ_j w_j f_j m(s + j) + Σ_j w_j m(s + j)²``: two
 correlations, computed for every lag at once with FFTs (:func:`chi2_curves_fast` works in
-coefficient space with precomputed transforms of the eigenspectra).
+coefficient space with precomputed transforms of the eigenspectra), or for a class with few
+lags summed directly on the CPU (:func:`chi2_curves_summed`).
 """
 
 from __future__ import annotations
@@ -178,6 +179,31 @@ def chi2_curves_fast(coefficients: torch.Tensor, transforms: ClassSpectra,
     return correlation.add_(constant)
 
 
+def direct_is_cheaper(n_lags: int, n_obs: int, n_coef: int, n_fft: int) -> bool:
+    """Whether a class's curves cost fewer multiply-adds summed directly over its
+    ``n_lags`` lags (``2 · S · N``, :mod:`~gasnet_plugin.engines.direct_chi2_kernels`)
+    than the coefficient products of :func:`chi2_curves_fast` alone
+    (``(K + K (K + 1) / 2) · 2F``, before its inverse FFT)."""
+    n_freq = n_fft // 2 + 1
+    return 2 * n_lags * n_obs < (n_coef + n_coef * (n_coef + 1) // 2) * 2 * n_freq
+
+
+def chi2_curves_summed(scan: ClassScan, coefficients: torch.Tensor,
+                       fluctuation: torch.Tensor, ivar: torch.Tensor, constant: torch.Tensor,
+                       ) -> torch.Tensor:
+    """:func:`chi2_curves_fast`'s curves ``(B, S)`` float32 summed directly over the lags
+    by the compiled CPU kernel (for a class where :func:`direct_is_cheaper`); the
+    arguments as there, on the CPU."""
+    from gasnet_plugin.engines.direct_chi2_kernels import chi2_curves_direct
+
+    out = torch.empty((fluctuation.shape[0], scan.n_lags), dtype=torch.float32)
+    chi2_curves_direct(scan.eigenvectors.numpy(),
+                       np.ascontiguousarray(coefficients.numpy(), dtype=np.float32),
+                       np.ascontiguousarray(fluctuation.numpy(), dtype=np.float32),
+                       np.ascontiguousarray(ivar.numpy(), dtype=np.float32), out.numpy())
+    return out.add_(constant)
+
+
 @dataclass
 class ClassScan:
     """One class of an eigenspectra model, ready to scan on a device.
@@ -196,6 +222,9 @@ class ClassScan:
         ``(S,)`` redshift of each full-overlap lag (``S = L − N + 1``, high z first).
     transforms
         FFTs of the eigenspectra and their products (:class:`ClassSpectra`).
+    summed
+        Its curves are summed directly over the lags (:func:`chi2_curves_summed`, on the
+        CPU where :func:`direct_is_cheaper`) instead of through the FFTs.
     """
 
     template: EigenTemplate
@@ -204,6 +233,7 @@ class ClassScan:
     rest_loglam: torch.Tensor
     z_lag: np.ndarray
     transforms: ClassSpectra
+    summed: bool = False
 
     @property
     def n_coef(self) -> int:

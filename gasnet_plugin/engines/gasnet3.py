@@ -6,8 +6,10 @@ For a batch of ``B`` spectra on the model's observed grid (``N`` pixels):
    polynomial continuum subtracted, fluctuation normalised to unit RMS.
 2. **Encode and scan** (:mod:`~gasnet_plugin.engines.eigen_scan`): each class's encoder
    gives the model ``m_c = amp · coef @ E_c`` on the rest-frame grid, and FFT correlations
-   give its χ² at every lag. ``lags="range"`` scans the full-overlap lags ``s = 0 .. L − N``,
-   i.e. exactly ``z_max .. z_min``.
+   give its χ² at every lag (on the CPU a class with few lags, the default model's STAR,
+   is summed directly: :mod:`~gasnet_plugin.engines.direct_chi2_kernels`).
+   ``lags="range"`` scans the full-overlap lags ``s = 0 .. L − N``, i.e. exactly
+   ``z_max .. z_min``.
 3. **Every class's best** (beyond GaSNet-III, :mod:`~gasnet_plugin.engines.eigen_refit`):
    the lowest minimum of each class's own curve is refitted exactly (the class's K
    coefficients by ivar-weighted least squares, walking to a better neighbouring lag,
@@ -104,7 +106,12 @@ class Gasnet3Engine(RedshiftEngine):
         # torch and the model code load here, not when the plugin registers (start-up)
         import torch
 
-        from gasnet_plugin.engines.eigen_scan import ClassScan, ClassSpectra, fast_length
+        from gasnet_plugin.engines.eigen_scan import (
+            ClassScan,
+            ClassSpectra,
+            direct_is_cheaper,
+            fast_length,
+        )
         from gasnet_plugin.models.eigen_model import build_encoder, load_model
 
         self.model = model or load_model(self.params["model"])
@@ -119,25 +126,32 @@ class Gasnet3Engine(RedshiftEngine):
         self._scans = []
         # one FFT length for every class (the longest's): the spectra are transformed once
         n_fft = fast_length(max(t.rest_loglam.size for t in self.model.templates))
+        n_obs = self.model.obs_loglam.size
+        on_cpu = self.device.type == "cpu"
         for template in self.model.templates:
             if template.name not in wanted:
                 continue
             eigenvectors = torch.from_numpy(template.eigenvectors).to(self.device)
+            z_lag = self.model.z_of_lag(template)
             self._scans.append(ClassScan(
                 template=template,
                 encoder=build_encoder(template).to(self.device),
                 eigenvectors=eigenvectors,
                 rest_loglam=torch.from_numpy(template.rest_loglam).to(self.device),
-                z_lag=self.model.z_of_lag(template),
-                transforms=ClassSpectra.from_eigenvectors(eigenvectors, n_fft)))
+                z_lag=z_lag,
+                transforms=ClassSpectra.from_eigenvectors(eigenvectors, n_fft),
+                summed=on_cpu and direct_is_cheaper(z_lag.size, n_obs,
+                                                    eigenvectors.shape[0], n_fft)))
         per_lag = math.log(10) * self.model.dloglam
         top = max(math.log1p(scan.z_lag[0]) for scan in self._scans)
         self._offsets = np.array([round((top - math.log1p(scan.z_lag[0])) / per_lag)
                                   for scan in self._scans], dtype=np.int64)
-        if self.device.type == "cpu":   # numba loads here, once, not with the first batch
-            from gasnet_plugin.engines import candidates, exact_fit_kernels
+        if on_cpu:   # numba loads here, once, not with the first batch
+            from gasnet_plugin.engines import candidates, direct_chi2_kernels, exact_fit_kernels
 
             candidates.load_kernels()
+            if any(scan.summed for scan in self._scans):
+                direct_chi2_kernels.load_kernels()
             if self.params["n_refit"]:
                 exact_fit_kernels.load_kernels()
 

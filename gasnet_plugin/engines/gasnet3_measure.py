@@ -23,6 +23,7 @@ from gasnet_plugin.engines.eigen_refit import ExactFit, refit
 from gasnet_plugin.engines.eigen_scan import (
     ClassScan,
     chi2_curves_fast,
+    chi2_curves_summed,
     encode_coefficients,
     spectra_transforms,
 )
@@ -178,6 +179,10 @@ def _curves(engine: Gasnet3Engine, pre: Preprocessed) -> list[torch.Tensor]:
     curves = []
     for scan in engine._scans:
         coefficients = encode_coefficients(scan.encoder, scan.n_coef, pre.fluctuation)
+        if scan.summed:     # few lags: summed directly (CPU)
+            curves.append(chi2_curves_summed(scan, coefficients, pre.fluctuation, pre.ivar,
+                                             constant))
+            continue
         n_fft = scan.transforms.n_fft
         if n_fft not in spectra_f:
             spectra_f[n_fft] = spectra_transforms(pre.fluctuation, pre.ivar, n_fft)
