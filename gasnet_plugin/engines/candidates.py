@@ -51,10 +51,10 @@ def pick_separated_window(values: torch.Tensor, count: int, halfwidth: int,
     return torch.stack(indices, dim=1), torch.stack(picked, dim=1)
 
 
-def lower_envelope(curves: list[torch.Tensor], offsets: list[int],
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+def lower_envelope(curves: list[torch.Tensor], offsets: list[int]) -> torch.Tensor:
     """The lower envelope of class curves on one grid ``u = lag + offsets[class]`` (lags of
-    every class aligned in ln(1 + z)).
+    every class aligned in ln(1 + z)), ``(B, U)``; inf where no class reaches, NaN where
+    a curve is NaN (:func:`envelope_class` tells which class gives a sample).
 
     Parameters
     ----------
@@ -62,23 +62,33 @@ def lower_envelope(curves: list[torch.Tensor], offsets: list[int],
         Per class ``(B, S_c)`` χ² curves.
     offsets
         Per class the position of its lag 0 on the common grid.
-
-    Returns
-    -------
-    ``(B, U)`` χ² and the class index of each sample ``(B, U)`` int64.
     """
     n_rows = curves[0].shape[0]
-    device = curves[0].device
     size = int(max(o + c.shape[1] for o, c in zip(offsets, curves, strict=True)))
-    envelope = torch.full((n_rows, size), math.inf, dtype=curves[0].dtype, device=device)
-    which = torch.zeros((n_rows, size), dtype=torch.int64, device=device)
-    for c, curve in enumerate(curves):
-        o = int(offsets[c])
-        part = envelope[:, o:o + curve.shape[1]]
-        better = curve < part
-        part.copy_(torch.minimum(part, curve))
-        which[:, o:o + curve.shape[1]].masked_fill_(better, c)
-    return envelope, which
+    envelope = torch.full((n_rows, size), math.inf, dtype=curves[0].dtype,
+                          device=curves[0].device)
+    for curve, offset in zip(curves, offsets, strict=True):
+        part = envelope[:, int(offset):int(offset) + curve.shape[1]]
+        torch.minimum(part, curve, out=part)
+    return envelope
+
+
+def envelope_class(curves: list[torch.Tensor], offsets: list[int], u: torch.Tensor,
+                   ) -> torch.Tensor:
+    """The class giving the lower envelope at the samples ``u`` ``(B, M)`` int64: the first
+    class, in order, whose curve is lower than every class before it there (0 where none
+    is: no class reaches ``u``, or every value is inf or NaN), ``(B, M)`` int64. Only the
+    picked samples are looked at; nothing of the envelope's size is made."""
+    which = torch.zeros(u.shape, dtype=torch.int64, device=u.device)
+    running = torch.full(u.shape, math.inf, dtype=curves[0].dtype, device=u.device)
+    for c, (curve, offset) in enumerate(zip(curves, offsets, strict=True)):
+        lag = u - int(offset)
+        inside = (lag >= 0) & (lag < curve.shape[1])
+        value = curve.gather(1, lag.clamp(0, curve.shape[1] - 1))
+        value = torch.where(inside, value, torch.full_like(value, math.inf))
+        which = torch.where(value < running, c, which)
+        running = torch.minimum(running, value)
+    return which
 
 
 def pick_separated_minima(curves: torch.Tensor, count: int, halfwidth: int,
@@ -97,17 +107,31 @@ def pick_separated_minima(curves: torch.Tensor, count: int, halfwidth: int,
     return torch.from_numpy(indices), torch.from_numpy(picked)
 
 
+@numba.njit(cache=True, nogil=True, fastmath={"nnan", "nsz", "reassoc"})
+def _lowest(values: np.ndarray) -> float:  # pragma: no cover - compiled
+    """The smallest of ``values`` (no NaN among them, so the minimum vectorizes; inf
+    when empty)."""
+    lowest = np.inf
+    for value in values:
+        lowest = min(lowest, value)
+    return lowest
+
+
 @numba.njit(cache=True, nogil=True)
 def _pick_rows(values: np.ndarray, count: int, halfwidth: int, indices: np.ndarray,
                picked: np.ndarray) -> None:  # pragma: no cover - compiled
     """Per row of ``values`` ``(B, M)``, in place: its local minima (finite, no higher
     than their neighbours; the ends than their one neighbour), then ``count`` times the
-    lowest minimum not yet blanked (the first of equal ones), blanking the ``halfwidth``
-    samples on each side of it. Where none is left: inf at sample 0, as ``argmin`` over
-    the blanked (all-inf) curve gives."""
+    lowest minimum not yet blanked (the first of equal ones), blanking the minima within
+    ``halfwidth`` samples of it. Where none is left: inf at sample 0, as ``argmin`` over
+    the blanked (all-inf) curve gives.
+
+    The minima are gathered once, in order, into a compact array of their values
+    (without branches), so that each pick is a vectorized minimum over them, and
+    blanking sets the neighbours' values to inf."""
     n_rows, size = values.shape
     where = np.empty(size, dtype=np.int64)
-    blanked = np.zeros(size, dtype=np.bool_)
+    left = np.empty(size, dtype=values.dtype)       # the minima's values; inf: blanked
     is_minimum = np.empty(size, dtype=np.bool_)
     for b in range(n_rows):
         row = values[b]
@@ -119,26 +143,31 @@ def _pick_rows(values: np.ndarray, count: int, halfwidth: int, indices: np.ndarr
         is_minimum[size - 1] = abs(row[size - 1]) < np.inf and (
             size == 1 or row[size - 1] <= row[size - 2])
         n_minima = 0
-        for m in range(size):
-            if is_minimum[m]:
-                where[n_minima] = m
-                n_minima += 1
-        blanked[:] = False
+        for m in range(size):            # written every time, kept where a minimum
+            where[n_minima] = m
+            left[n_minima] = row[m]
+            n_minima += is_minimum[m]
+        candidates = left[:n_minima]
         for k in range(count):
-            best = -1
-            for j in range(n_minima):
-                m = where[j]
-                if not blanked[m] and (best < 0 or row[m] < row[best]):
-                    best = m
-            if best < 0:            # nothing left: argmin of an all-inf row gives 0
-                best = 0
-                indices[b, k] = best
+            lowest = _lowest(candidates)
+            if not lowest < np.inf:      # nothing left: argmin of an all-inf row gives 0
+                indices[b, k] = 0
                 picked[b, k] = np.inf
-            else:
-                indices[b, k] = best
-                picked[b, k] = row[best]
-            for m in range(max(best - halfwidth, 0), min(best + halfwidth + 1, size)):
-                blanked[m] = True
+                continue
+            j = 0
+            while candidates[j] != lowest:      # the first of equal ones
+                j += 1
+            best = where[j]
+            indices[b, k] = best
+            picked[b, k] = row[best]
+            q = j
+            while q >= 0 and where[q] >= best - halfwidth:
+                candidates[q] = np.inf
+                q -= 1
+            q = j + 1
+            while q < n_minima and where[q] <= best + halfwidth:
+                candidates[q] = np.inf
+                q += 1
 
 
 def load_kernels() -> None:

@@ -17,7 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from gasnet_plugin.engines.candidates import lower_envelope, pick_separated_minima
+from gasnet_plugin.engines.candidates import (
+    envelope_class,
+    lower_envelope,
+    pick_separated_minima,
+)
 from gasnet_plugin.engines.eigen_preprocess import Preprocessed, preprocess
 from gasnet_plugin.engines.eigen_refit import ExactFit, refit
 from gasnet_plugin.engines.eigen_scan import (
@@ -56,11 +60,11 @@ def measure_chunk(engine: Gasnet3Engine, spectra: EngineInput) -> EngineResult:
 
     # candidates: lowest local minima of the envelope, each more than the velocity
     # separation (a whole number of lags) from the better ones
-    envelope, envelope_class = lower_envelope(curves, list(engine._offsets))
+    offsets = list(engine._offsets)
     n_cand = engine.params["n_candidates"]
-    cand_u, cand_chi2_t = pick_separated_minima(envelope, n_cand,
+    cand_u, cand_chi2_t = pick_separated_minima(lower_envelope(curves, offsets), n_cand,
                                                 int(_separation_lags(engine)))
-    cand_class = envelope_class.gather(1, cand_u).cpu().numpy()
+    cand_class = envelope_class(curves, offsets, cand_u).cpu().numpy()
     cand_lag = cand_u.cpu().numpy() - engine._offsets[cand_class]
     cand_chi2 = cand_chi2_t.cpu().numpy()
     found = np.isfinite(cand_chi2)
