@@ -422,3 +422,23 @@ def test_a_batch_with_nothing_to_measure_is_not_a_stage_failure(tmp_path):
     zwarn = np.asarray(results["ZWARN"])
     assert np.all(zwarn & int(ZWarn.NODATA)) and not np.any(zwarn & int(ZWarn.STAGE_FAILED))
     assert "Z" in results.colnames and np.all(np.isnan(np.asarray(results["Z"], float)))
+
+
+def test_a_batch_is_scanned_in_equal_chunks(engine, reference, monkeypatch):
+    """Chunks of at most ``chunk_rows``, as equal as can be (80 rows as 40 + 40, not
+    64 + 16), in row order."""
+    rows = reference["MIXED"]
+    n_rows = len(rows["flux"])
+    seen = []
+    measure_one = engine._measure
+
+    def spy(spectra):
+        seen.append(spectra.flux.copy())
+        return measure_one(spectra)
+
+    monkeypatch.setattr(engine, "_measure", spy)
+    monkeypatch.setitem(engine.params, "chunk_rows", max(n_rows // 2 - 1, 1))
+    engine.measure(EngineInput(rows["flux"], rows["ivar"], reference["grid"]))
+    sizes = [len(part) for part in seen]
+    assert len(sizes) == 3 and max(sizes) - min(sizes) <= 1 and sum(sizes) == n_rows
+    np.testing.assert_array_equal(np.concatenate(seen), rows["flux"])
