@@ -391,6 +391,23 @@ def test_fast_curves_equal_the_direct_correlation(engine, reference):
         torch.testing.assert_close(fast, direct, rtol=1e-4, atol=1e-1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_spectra_transforms_in_blocks_equal_one_transform_of_the_batch(dtype):
+    """The spectra are transformed a block of rows at a time: the same transforms, bit for
+    bit, as one call over the batch (37 rows: blocks and a remainder), in the input's
+    precision."""
+    from gasnet_plugin.engines.eigen_scan import FFT_ROW_BLOCK, spectra_transforms
+
+    rng = np.random.default_rng(12)
+    f = torch.from_numpy(rng.normal(size=(37, 500))).to(dtype)
+    w = torch.from_numpy(rng.uniform(size=(37, 500))).to(dtype)
+    assert 37 % FFT_ROW_BLOCK and FFT_ROW_BLOCK < 37
+    expected = torch.fft.rfft(torch.stack([w, 2 * f * w], dim=1), n=1536).conj()
+    got = spectra_transforms(f, w, 1536)
+    assert got.dtype == expected.dtype and not got.is_conj()
+    assert torch.equal(got, expected.resolve_conj())
+
+
 def test_candidates_are_distinct_redshifts(engine, reference):
     """Candidates of one class are distinct redshifts; every class's best is among them."""
     rows = reference["MIXED"]

@@ -138,12 +138,26 @@ class ClassSpectra:
         return cls(n_fft, as_real(single), as_real(pairs), pair_k, pair_l, weight.float())
 
 
+FFT_ROW_BLOCK = 16
+"""Spectra transformed together by :func:`spectra_transforms`: their zero-padded copies
+and transforms (~1.5 MB at 12288 points) stay in cache. In a one-off timing on one core,
+64 spectra cost 33 µs each in blocks of 16 against 58–108 µs in one call; the transforms
+are the same bit for bit (each row's FFT is its own)."""
+
+
 def spectra_transforms(fluctuation: torch.Tensor, ivar: torch.Tensor, n_fft: int,
                        ) -> torch.Tensor:
     """Complex conjugates of ``rfft(ivar)`` and ``rfft(2·f·ivar)``, ``(B, 2, F)``, for the
-    χ² curves (correlations multiply by the conjugate)."""
-    spectra = torch.stack([ivar, 2 * fluctuation * ivar], dim=1)
-    return torch.fft.rfft(spectra, n=n_fft).conj_physical_()
+    χ² curves (correlations multiply by the conjugate); formed :data:`FFT_ROW_BLOCK`
+    spectra at a time."""
+    n_rows = fluctuation.shape[0]
+    dtype = torch.promote_types(fluctuation.dtype, ivar.dtype).to_complex()
+    out = torch.empty((n_rows, 2, n_fft // 2 + 1), dtype=dtype, device=fluctuation.device)
+    for start in range(0, n_rows, FFT_ROW_BLOCK):
+        block = slice(start, start + FFT_ROW_BLOCK)
+        spectra = torch.stack([ivar[block], 2 * fluctuation[block] * ivar[block]], dim=1)
+        torch.fft.rfft(spectra, n=n_fft, out=out[block])
+    return out.conj_physical_()
 
 
 def chi2_curves_fast(coefficients: torch.Tensor, transforms: ClassSpectra,
