@@ -259,6 +259,8 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
         return out
     rows = torch.from_numpy(rows_np).to(device)
     n_range = scan.n_lags
+    if compiled is None:
+        compiled = device.type == "cpu"
     every_row = rows_np.size == n_rows
     f = pre.fluctuation if every_row else pre.fluctuation[rows]
     w = pre.ivar if every_row else pre.ivar[rows]
@@ -273,34 +275,10 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
                                                n_obs, compiled), rows, n_rows)
         return out
     chis, coefs = fit_at_lags(scan, f, w, s_now, compiled=compiled)
-    for _ in range(MAX_WALK):
-        chi_m = np.where(s_now - 1 >= 0, chis[:, 0], np.inf)
-        chi_p = np.where(s_now + 1 <= n_range - 1, chis[:, 2], np.inf)
-        move = np.where((chi_m < chis[:, 1]) & (chi_m <= chi_p), -1,
-                        np.where(chi_p < chis[:, 1], 1, 0))
-        moving = np.flatnonzero(move)
-        if moving.size == 0:
-            break
-        s_now[moving] += move[moving]
-        # one step keeps two of the three fits; fit only the new outer lag
-        for step, new_offset in ((-1, 0), (1, 2)):
-            sub = moving[move[moving] == step]
-            if sub.size == 0:
-                continue
-            picked = torch.from_numpy(sub).to(device)
-            chis_m, coefs_m = fit_at_lags(scan, f[picked], w[picked], s_now[sub],
-                                          offsets=(new_offset,), compiled=compiled)
-            # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
-            keep = [1, 2] if step == -1 else [0, 1]   # new positions ...
-            old = [0, 1] if step == -1 else [1, 2]    # ... taken from these
-            shifted = chis[sub].copy()
-            shifted[:, keep] = chis[sub][:, old]
-            shifted[:, new_offset] = chis_m[:, 0]
-            chis[sub] = shifted
-            old_coefs = [coefs[o][picked] for o in range(3)]
-            for k_new, k_old in zip(keep, old, strict=True):
-                coefs[k_new][picked] = old_coefs[k_old]
-            coefs[new_offset][picked] = coefs_m[0]
+    if compiled:
+        coefs = _walk_compiled(scan, f, w, s_now, chis, coefs)
+    else:
+        _walk(scan, f, w, s_now, chis, coefs)
     chi_m, chi_0, chi_p = chis[:, 0], chis[:, 1], chis[:, 2]
     out.lag[rows_np] = s_now
     s0 = s_now.astype(np.float64)
@@ -327,6 +305,58 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
         out.model = _every_row(eigen_model(scan, coefs[1], s_now, delta, n_obs, compiled),
                                rows, n_rows)
     return out
+
+
+def _walk(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
+          chis: np.ndarray, coefs: list[torch.Tensor]) -> None:
+    """The walk downhill of :func:`refit` with the torch fits, all rows in step, in place:
+    ``s_now`` ``(b,)`` centre lags, ``chis`` ``(b, 3)`` and ``coefs`` (three ``(b, K)``)
+    at the window positions 0, 1, 2 (centre − 1, centre, centre + 1)."""
+    n_range = scan.n_lags
+    for _ in range(MAX_WALK):
+        chi_m = np.where(s_now - 1 >= 0, chis[:, 0], np.inf)
+        chi_p = np.where(s_now + 1 <= n_range - 1, chis[:, 2], np.inf)
+        move = np.where((chi_m < chis[:, 1]) & (chi_m <= chi_p), -1,
+                        np.where(chi_p < chis[:, 1], 1, 0))
+        moving = np.flatnonzero(move)
+        if moving.size == 0:
+            break
+        s_now[moving] += move[moving]
+        # one step keeps two of the three fits; fit only the new outer lag
+        for step, new_offset in ((-1, 0), (1, 2)):
+            sub = moving[move[moving] == step]
+            if sub.size == 0:
+                continue
+            picked = torch.from_numpy(sub).to(f.device)
+            chis_m, coefs_m = fit_at_lags(scan, f[picked], w[picked], s_now[sub],
+                                          offsets=(new_offset,), compiled=False)
+            # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
+            keep = [1, 2] if step == -1 else [0, 1]   # new positions ...
+            old = [0, 1] if step == -1 else [1, 2]    # ... taken from these
+            shifted = chis[sub].copy()
+            shifted[:, keep] = chis[sub][:, old]
+            shifted[:, new_offset] = chis_m[:, 0]
+            chis[sub] = shifted
+            old_coefs = [coefs[o][picked] for o in range(3)]
+            for k_new, k_old in zip(keep, old, strict=True):
+                coefs[k_new][picked] = old_coefs[k_old]
+            coefs[new_offset][picked] = coefs_m[0]
+
+
+def _walk_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
+                   chis: np.ndarray, coefs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """:func:`_walk` in one compiled pass over the rows
+    (:func:`~gasnet_plugin.engines.exact_fit_kernels.walk_downhill`, the same fits one
+    row at a time; no Python step per walk move): ``s_now`` and ``chis`` in place, the
+    coefficients returned."""
+    from gasnet_plugin.engines.exact_fit_kernels import walk_downhill
+
+    coef = np.stack([c.numpy() for c in coefs], axis=1)               # (b, 3, K)
+    walk_downhill(scan.padded_eigenvectors.numpy(), s_now,
+                  np.ascontiguousarray(f.numpy(), dtype=np.float32),
+                  np.ascontiguousarray(w.numpy(), dtype=np.float32), chis, coef,
+                  scan.n_lags, MAX_WALK)
+    return [torch.from_numpy(np.ascontiguousarray(coef[:, o])) for o in range(3)]
 
 
 def _every_row(model: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:
