@@ -23,7 +23,7 @@ from gasnet_plugin.engines.candidates import (
     pick_separated_minima,
 )
 from gasnet_plugin.engines.eigen_preprocess import Preprocessed, preprocess
-from gasnet_plugin.engines.eigen_refit import ExactFit, refit
+from gasnet_plugin.engines.eigen_refit import ExactFit, fit_at_lags, refit
 from gasnet_plugin.engines.eigen_scan import (
     ClassScan,
     chi2_curves_fast,
@@ -78,21 +78,22 @@ def measure_chunk(engine: Gasnet3Engine, spectra: EngineInput) -> EngineResult:
     with np.errstate(invalid="ignore"):
         at_best = np.abs(np.log1p(cand_z) - np.log1p(
             np.take_along_axis(best_z, cand_class, 1))) <= separation
+    uses = {(rank, c): found[:, rank] & (cand_class[:, rank] == c) & ~at_best[:, rank]
+            for rank in range(n_refit) for c in range(len(engine._scans))}
+    fitted = _candidate_chi2(engine, pre, cand_lag, uses)
     for rank in range(n_refit):
         for c, scan in enumerate(engine._scans):
-            use = found[:, rank] & (cand_class[:, rank] == c) & ~at_best[:, rank]
+            use = uses[rank, c]
             if not use.any():
                 continue
-            fit = refit(scan, pre, cand_lag[:, rank], use, engine.model.obs_loglam[0],
-                        refine=False, with_model=False)
-            better = use & (fit.chi2 < bests[c].chi2)
+            better = use & (fitted[rank, c] < bests[c].chi2)
             if better.any():
                 improved = _refitted_best(engine, c, pre, cand_lag[:, rank], better)
                 _replace(bests[c], improved, better)
                 at_best[better, rank] = True
             rest = use & ~better
-            cand_chi2[rest, rank] = fit.chi2[rest]
-            cand_z[rest, rank] = fit.z[rest]
+            cand_chi2[rest, rank] = fitted[rank, c][rest]
+            cand_z[rest, rank] = scan.z_lag[cand_lag[rest, rank]]
     best_z = np.stack([b.z for b in bests], axis=1)
     best_chi2 = np.stack([b.chi2 for b in bests], axis=1)
     best_zerr = np.stack([b.zerr for b in bests], axis=1)
@@ -210,6 +211,31 @@ def _class_best(engine: Gasnet3Engine, c: int, pre: Preprocessed, curve: torch.T
                      chi2=low.double().cpu().numpy(), zwarn=zwarn,
                      coef=np.full((lag.size, scan.n_coef), np.nan), model=None,
                      n_lags=scan.n_lags, n_coef=scan.n_coef)
+
+
+def _candidate_chi2(engine: Gasnet3Engine, pre: Preprocessed, cand_lag: np.ndarray,
+                    uses: dict[tuple[int, int], np.ndarray],
+                    ) -> dict[tuple[int, int], np.ndarray]:
+    """The exact χ² of the candidates at their lags, ``(B,)`` per (rank, class) of
+    ``uses`` (NaN for the rows not used): every rank of a class in one fit over the rows
+    it needs (a row's fit does not depend on the rows fitted with it)."""
+    n_rows = cand_lag.shape[0]
+    out = {key: np.full(n_rows, np.nan) for key in uses}
+    for c, scan in enumerate(engine._scans):
+        keys = [key for key in uses if key[1] == c and uses[key].any()]
+        if not keys:
+            continue
+        rows = [np.flatnonzero(uses[key]) for key in keys]
+        every = np.concatenate(rows)
+        picked = torch.from_numpy(every).to(pre.fluctuation.device)
+        lags = np.concatenate([cand_lag[r, rank] for (rank, _), r in zip(keys, rows,
+                                                                          strict=True)])
+        chis, _ = fit_at_lags(scan, pre.fluctuation[picked], pre.ivar[picked], lags,
+                              offsets=(1,))
+        bounds = np.cumsum([0] + [r.size for r in rows])
+        for key, r, start, stop in zip(keys, rows, bounds[:-1], bounds[1:], strict=True):
+            out[key][r] = chis[start:stop, 0]
+    return out
 
 
 def _refitted_best(engine: Gasnet3Engine, c: int, pre: Preprocessed, lag: np.ndarray,
