@@ -481,6 +481,44 @@ def test_a_resumed_run_validates_the_shards_it_takes_up(tmp_path):
         Pipeline(config).run_to_file(FIXTURES, out, resume=True)
 
 
+def test_shard_records_are_reused_until_the_file_is_replaced(tmp_path, monkeypatch):
+    """A store knows the records of the shards it wrote or read without opening the files
+    again (the merge checks every record before it starts: a run opens each shard once,
+    to merge it); a shard file replaced since (a retried task writes it again) is read
+    again."""
+    import os
+
+    import asdf
+
+    config = as_config(small_config(tmp_path))
+    real_open = asdf.open
+    opened: list[str] = []
+
+    def counting_open(path, *args, **kwargs):
+        opened.append(Path(path).name)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(asdf, "open", counting_open)
+    Pipeline(config).run_to_file(FIXTURES, tmp_path / "whole.asdf")
+    shard_opens = [name for name in opened if SHARD_NAME.match(name)]
+    assert sorted(shard_opens) == ["shard-000000.asdf", "shard-000004.asdf"]
+
+    out = tmp_path / "out.asdf"
+    stop_before_merge(Pipeline(config), FIXTURES, out)
+    store = ShardStore(parts_folder(out))
+    opened.clear()
+    first = store.record(4)
+    assert first["n_rows"] == 4 and first["start_row"] == 4 and len(opened) == 1
+    assert store.record(4) == first and len(opened) == 1
+    with real_open(store.path(4)) as af:
+        tree = {"shard": {**af["shard"], "end_row": first["end_row"] + 1},
+                "results": af["results"]}
+        replacement = store.path(4).with_name("replacement.asdf")
+        asdf.AsdfFile(tree).write_to(replacement)
+    os.replace(replacement, store.path(4))
+    assert store.record(4)["end_row"] == first["end_row"] + 1 and len(opened) == 2
+
+
 def test_resume_refuses_other_config_or_inputs(tmp_path):
     out = tmp_path / "out.asdf"
     config = as_config(small_config(tmp_path))
