@@ -29,6 +29,26 @@ def sdss_folder_with_corrupt_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
+def preprocessed(engine):
+    """The real rows of the GaSNet-III reference file (galaxies, QSOs, stars), preprocessed
+    as the engine does (once per test module)."""
+    import numpy as np
+    import torch
+    from astropy.io import fits
+
+    from gasnet_plugin.engines.eigen_preprocess import preprocess
+
+    with fits.open(DATA / "gasnet3-reference.fits") as hdul:
+        rows = {name: np.concatenate([hdul[t].data[name] for t in ("MIXED", "QSO10")])
+                for name in ("flux", "ivar")}
+        grid = hdul["GRID"].data["input_grid"][0].copy()
+    return preprocess(torch.from_numpy(rows["flux"].astype(np.float32)),
+                      torch.from_numpy(rows["ivar"].astype(np.float32)),
+                      torch.from_numpy(grid.astype(np.float64)),
+                      engine.model.preprocessing["poly_deg"], engine.params["masked_flux"])
+
+
+@pytest.fixture(scope="module")
 def engine():
     """The default ``gasnet3`` engine, set up on the CPU (once per test module)."""
     from gasnet_plugin.engines.gasnet3 import Gasnet3Engine

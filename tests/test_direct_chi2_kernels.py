@@ -6,10 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from astropy.io import fits
-from conftest import DATA
 
-from gasnet_plugin.engines.eigen_preprocess import preprocess
 from gasnet_plugin.engines.eigen_scan import (
     chi2_curves_fast,
     chi2_curves_summed,
@@ -17,19 +14,6 @@ from gasnet_plugin.engines.eigen_scan import (
     encode_coefficients,
     spectra_transforms,
 )
-
-
-@pytest.fixture(scope="module")
-def preprocessed(engine):
-    """The real rows of the GaSNet-III reference file, preprocessed as the engine does."""
-    with fits.open(DATA / "gasnet3-reference.fits") as hdul:
-        rows = {name: np.concatenate([hdul[t].data[name] for t in ("MIXED", "QSO10")])
-                for name in ("flux", "ivar")}
-        grid = hdul["GRID"].data["input_grid"][0].copy()
-    return preprocess(torch.from_numpy(rows["flux"].astype(np.float32)),
-                      torch.from_numpy(rows["ivar"].astype(np.float32)),
-                      torch.from_numpy(grid.astype(np.float64)),
-                      engine.model.preprocessing["poly_deg"], engine.params["masked_flux"])
 
 
 def test_only_the_class_with_few_lags_is_summed_directly(engine):

@@ -10,25 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from astropy.io import fits
-from conftest import DATA
 
-from gasnet_plugin.engines.eigen_preprocess import preprocess
 from gasnet_plugin.engines.eigen_refit import eigen_model, fit_at_lags, refit
-
-
-@pytest.fixture(scope="module")
-def preprocessed(engine):
-    """The real rows of the GaSNet-III reference file (galaxies, QSOs, stars), preprocessed
-    as the engine does."""
-    with fits.open(DATA / "gasnet3-reference.fits") as hdul:
-        rows = {name: np.concatenate([hdul[t].data[name] for t in ("MIXED", "QSO10")])
-                for name in ("flux", "ivar")}
-        grid = hdul["GRID"].data["input_grid"][0].copy()
-    return preprocess(torch.from_numpy(rows["flux"].astype(np.float32)),
-                      torch.from_numpy(rows["ivar"].astype(np.float32)),
-                      torch.from_numpy(grid.astype(np.float64)),
-                      engine.model.preprocessing["poly_deg"], engine.params["masked_flux"])
 
 
 @pytest.mark.parametrize("class_index", [0, 1, 2], ids=["GALAXY", "QSO", "STAR"])
