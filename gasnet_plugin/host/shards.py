@@ -290,8 +290,9 @@ class ShardStore:
         except OSError as exc:
             raise ArchiveError(f"{self.path(index)}: cannot read gasnet results shard: "
                                f"{type(exc).__name__}: {exc}") from exc
-        last, self._last_written = self._last_written, None
+        last = self._last_written
         if not validate and last is not None and last[:2] == (index, identity):
+            self._last_written = None
             record, results, arrays = last[2:]
         else:
             record, results, arrays = self.read(index, validate)
