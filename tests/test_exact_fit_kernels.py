@@ -130,3 +130,34 @@ def test_normal_equations_equal_float64_sums_at_every_window(engine, n_coef):
                               <= 1e-6 * np.outer(diag, diag) + 1e-30), (name, i, position)
                 assert np.all(np.abs(rhs[i, position] - b) <= 1e-6 * scale_b + 1e-30), \
                     (name, i, position)
+
+
+def test_one_walk_step_moves_to_the_better_neighbour_the_lower_one_on_a_tie(engine,
+                                                                           preprocessed):
+    """One step of the compiled walk on given χ² (centre − 1, centre, centre + 1): a tie
+    between the neighbours goes down, a better upper neighbour up, a centre no worse than
+    both stays, and a lower neighbour before lag 0 is no candidate. The two kept fits
+    move along; the new outer one is the fit at its lag."""
+    from gasnet_plugin.engines.exact_fit_kernels import walk_downhill
+
+    scan = engine._scans[0]
+    f = np.ascontiguousarray(preprocessed.fluctuation.numpy()[:4])
+    w = np.ascontiguousarray(preprocessed.ivar.numpy()[:4])
+    lags = np.array([10, 10, 10, 0], dtype=np.int64)
+    chi2 = np.array([[1.0, 2.0, 1.0], [3.0, 2.0, 1.0], [2.0, 2.0, 2.0], [1.0, 2.0, 3.0]])
+    coef = np.arange(4 * 3 * scan.n_coef, dtype=np.float64).reshape(4, 3, scan.n_coef)
+    before_chi2, before_coef = chi2.copy(), coef.copy()
+    walk_downhill(scan.padded_eigenvectors.numpy(), lags, f, w, chi2, coef, scan.n_lags, 1)
+    np.testing.assert_array_equal(lags, [9, 11, 10, 0])
+    np.testing.assert_array_equal(chi2[0, 1:], before_chi2[0, :2])
+    np.testing.assert_array_equal(coef[0, 1:], before_coef[0, :2])
+    np.testing.assert_array_equal(chi2[1, :2], before_chi2[1, 1:])
+    np.testing.assert_array_equal(coef[1, :2], before_coef[1, 1:])
+    np.testing.assert_array_equal(chi2[2:], before_chi2[2:])
+    np.testing.assert_array_equal(coef[2:], before_coef[2:])
+    for row, position in ((0, 0), (1, 2)):
+        fitted, coefs = fit_at_lags(scan, preprocessed.fluctuation[row:row + 1],
+                                    preprocessed.ivar[row:row + 1], lags[row:row + 1],
+                                    offsets=(position,), compiled=True)
+        np.testing.assert_allclose(chi2[row, position], fitted[0, 0], rtol=1e-12)
+        np.testing.assert_allclose(coef[row, position], coefs[0][0].numpy(), rtol=1e-12)
