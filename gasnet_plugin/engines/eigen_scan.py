@@ -148,13 +148,14 @@ are the same bit for bit (each row's FFT is its own)."""
 def spectra_transforms(fluctuation: torch.Tensor, ivar: torch.Tensor, n_fft: int,
                        ) -> torch.Tensor:
     """Complex conjugates of ``rfft(ivar)`` and ``rfft(2·f·ivar)``, ``(B, 2, F)``, for the
-    χ² curves (correlations multiply by the conjugate); formed :data:`FFT_ROW_BLOCK`
-    spectra at a time."""
+    χ² curves (correlations multiply by the conjugate); on the CPU formed
+    :data:`FFT_ROW_BLOCK` spectra at a time (elsewhere in one call)."""
     n_rows = fluctuation.shape[0]
     dtype = torch.promote_types(fluctuation.dtype, ivar.dtype).to_complex()
     out = torch.empty((n_rows, 2, n_fft // 2 + 1), dtype=dtype, device=fluctuation.device)
-    for start in range(0, n_rows, FFT_ROW_BLOCK):
-        block = slice(start, start + FFT_ROW_BLOCK)
+    step = FFT_ROW_BLOCK if fluctuation.device.type == "cpu" else max(n_rows, 1)
+    for start in range(0, n_rows, step):
+        block = slice(start, start + step)
         spectra = torch.stack([ivar[block], 2 * fluctuation[block] * ivar[block]], dim=1)
         torch.fft.rfft(spectra, n=n_fft, out=out[block])
     return out.conj_physical_()
