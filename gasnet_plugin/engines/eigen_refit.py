@@ -38,9 +38,9 @@ class ExactFit:
     Attributes
     ----------
     chi2
-        ``(B,)`` χ² at the refined minimum (at the lag itself with ``refine=False``).
+        ``(B,)`` χ² at the refined minimum.
     z, zerr
-        ``(B,)`` redshift and its 1σ statistical error (NaN unless refined).
+        ``(B,)`` redshift and its 1σ statistical error (ZERR NaN unless refined).
     ok
         ``(B,)`` bool: the minimum was refined (positive curvature, regular fit).
     lag
@@ -49,7 +49,7 @@ class ExactFit:
         ``(B, K)`` coefficients at ``lag`` (preprocessed units).
     model
         ``(B, N)`` float32 model in preprocessed units at the refined lag (eigenspectra
-        interpolated linearly between lags), on the device; ``None`` when not asked for.
+        interpolated linearly between lags), on the device (set by :func:`refit`).
     """
 
     chi2: np.ndarray
@@ -215,14 +215,13 @@ def eigen_model(scan: ClassScan, coef: torch.Tensor, lags: np.ndarray, delta: np
 
 
 def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
-          obs_loglam0: float, refine: bool = True, compiled: bool | None = None,
-          with_model: bool = True) -> ExactFit:
-    """Exact fit of class ``scan`` at ``lag`` for the rows ``use`` of ``pre``.
+          obs_loglam0: float, compiled: bool | None = None) -> ExactFit:
+    """Exact fit of class ``scan`` at ``lag`` for the rows ``use`` of ``pre``, refined.
 
-    With ``refine`` the fit walks downhill (at most :data:`MAX_WALK` pixels) while a
-    neighbouring lag fits better, then a parabola through the three χ² values gives the
-    sub-pixel minimum and its curvature the error. Without, only the lag itself is fitted:
-    z on the pixel grid, ZERR NaN.
+    The fit walks downhill (at most :data:`MAX_WALK` pixels) while a neighbouring lag fits
+    better, then a parabola through the three χ² values gives the sub-pixel minimum and
+    its curvature the error (a candidate's fit at its lag alone is
+    :func:`fit_at_lags` at position 1).
 
     Parameters
     ----------
@@ -236,13 +235,9 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
         ``(B,)`` bool: the rows to fit.
     obs_loglam0
         log10 Å of the first observed pixel.
-    refine
-        Walk and refine (see above).
     compiled
         Fit through the compiled CPU kernels (:func:`fit_at_lags`); ``None``: where the
         batch is on the CPU.
-    with_model
-        Build :attr:`ExactFit.model` (else it is ``None``).
     """
     n_rows, n_obs = pre.fluctuation.shape
     device = pre.fluctuation.device
@@ -254,8 +249,7 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
                    model=None)
     rows_np = np.flatnonzero(use)
     if rows_np.size == 0:
-        if with_model:
-            out.model = torch.zeros((n_rows, n_obs), dtype=torch.float32, device=device)
+        out.model = torch.zeros((n_rows, n_obs), dtype=torch.float32, device=device)
         return out
     rows = torch.from_numpy(rows_np).to(device)
     n_range = scan.n_lags
@@ -265,15 +259,6 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     f = pre.fluctuation if every_row else pre.fluctuation[rows]
     w = pre.ivar if every_row else pre.ivar[rows]
     s_now = out.lag[rows_np].copy()
-    if not refine:
-        chis, coefs = fit_at_lags(scan, f, w, s_now, offsets=(1,), compiled=compiled)
-        out.chi2[rows_np] = chis[:, 0]
-        out.z[rows_np] = scan.z_lag[s_now]
-        out.coef[rows_np] = coefs[0].cpu().numpy()
-        if with_model:
-            out.model = _every_row(eigen_model(scan, coefs[0], s_now, np.zeros(s_now.size),
-                                               n_obs, compiled), rows, n_rows)
-        return out
     chis, coefs = fit_at_lags(scan, f, w, s_now, compiled=compiled)
     if compiled:
         coefs = _walk_compiled(scan, f, w, s_now, chis, coefs)
@@ -301,9 +286,8 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     out.zerr[rows_np] = (1 + z_rows) * math.log(10) * step * sigma_lag
     out.ok[rows_np] = good
     out.coef[rows_np] = coefs[1].cpu().numpy()
-    if with_model:
-        out.model = _every_row(eigen_model(scan, coefs[1], s_now, delta, n_obs, compiled),
-                               rows, n_rows)
+    out.model = _every_row(eigen_model(scan, coefs[1], s_now, delta, n_obs, compiled),
+                           rows, n_rows)
     return out
 
 

@@ -242,7 +242,7 @@ def _refitted_best(engine: Gasnet3Engine, c: int, pre: Preprocessed, lag: np.nda
                    use: np.ndarray) -> ClassBest:
     """Class ``c`` refined exactly from ``lag`` (``(B,)``) for the rows ``use``."""
     scan = engine._scans[c]
-    fit = refit(scan, pre, lag, use, engine.model.obs_loglam[0], refine=True)
+    fit = refit(scan, pre, lag, use, engine.model.obs_loglam[0])
     zwarn = _edge_bits(scan, fit.lag)
     zwarn[~fit.ok] |= int(ZWarn.BAD_FIT)
     zwarn[~use] = 0
