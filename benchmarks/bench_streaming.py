@@ -11,6 +11,12 @@ table in memory and written from there.
 
     gasnet simulate tests/data -n 100000 --per-file 1000 -o /tmp/mocks100k
     python benchmarks/bench_streaming.py --mocks /tmp/mocks100k [--sizes 10000 30000 100000]
+        [--repeats 3]
+
+The peak of one run scatters by tens of MB (it is the worst coincidence of a file read, a
+shard's rows and the heap's fragmentation, and the two torch threads' timing varies), so
+``--repeats R`` runs every size R times, each in a fresh process, and reports the median
+run (by peak) and every run's peak; the slope is taken between the medians.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ def main() -> None:
     parser.add_argument("--no-baseline", action="store_true",
                         help="only the streamed runner (e.g. for a 1,000,000 point)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="fresh processes per size and runner; the median is reported")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--in-memory", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("files", nargs="*", help=argparse.SUPPRESS)
@@ -117,11 +125,18 @@ def main() -> None:
     def first(n: int) -> list[Path]:
         return files[:max(1, n // args.per_file)]
 
+    def median_run(n: int, in_memory: bool) -> dict[str, float]:
+        runs = sorted((measure(first(n), in_memory=in_memory, threads=args.threads)
+                       for _ in range(args.repeats)), key=lambda run: run["peak_mb"])
+        median = dict(runs[(len(runs) - 1) // 2])
+        median["peaks"] = [run["peak_mb"] for run in runs]
+        return median
+
     results: dict[str, dict[int, dict[str, float]]] = {"streamed": {}, "in memory": {}}
     for n in sorted(args.sizes):
-        results["streamed"][n] = measure(first(n), in_memory=False, threads=args.threads)
+        results["streamed"][n] = median_run(n, in_memory=False)
         if not args.no_baseline:
-            results["in memory"][n] = measure(first(n), in_memory=True, threads=args.threads)
+            results["in memory"][n] = median_run(n, in_memory=True)
     rows = []
     for n in sorted(args.sizes):
         new = results["streamed"][n]
@@ -136,9 +151,15 @@ def main() -> None:
                          f"{old['peak_mb']:,.0f}", f"{old['seconds']:.0f}",
                          f"{old['n'] / old['seconds']:,.0f}",
                          f"{old['merge_seconds'] / old['n'] * 1e6:.0f}", "1x"))
-    print(f"machine: {machine()}; torch threads per run {args.threads}")
+    print(f"machine: {machine()}; torch threads per run {args.threads}; "
+          f"{args.repeats} run(s) per line, the median shown")
     print(table(rows, ("runner", "spectra", "peak RSS MB", "seconds", "spectra/s",
                        "merge µs/spectrum", "memory vs baseline")))
+    if args.repeats > 1:
+        for name, measured in results.items():
+            for n, run in measured.items():
+                print(f"{name}, {n:,} spectra: peaks of the {args.repeats} runs "
+                      + ", ".join(f"{peak:,.0f}" for peak in run["peaks"]) + " MB")
     sizes = sorted(args.sizes)
     if len(sizes) > 1:
         for name, measured in results.items():

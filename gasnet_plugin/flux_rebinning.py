@@ -187,7 +187,7 @@ def _kth_smallest(values: np.ndarray, k: int, keys: np.ndarray,
 
 def rebin_flux_conserving(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
                           n_pixels: np.ndarray, out_edges: np.ndarray,
-                          dropped: np.ndarray | None = None,
+                          dropped: np.ndarray | None = None, out_dtype: type = np.float64,
                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Flux-conserving rebinning of a padded batch of spectra onto one output grid.
 
@@ -213,11 +213,16 @@ def rebin_flux_conserving(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarra
         Output pixel edges, Å, shape ``(P + 1,)``, increasing.
     dropped
         Pixels to leave out whatever their values (a survey mask), shape ``(N, M)``.
+    out_dtype
+        ``np.float64`` or ``np.float32`` for the outputs. The sums are float64 either way;
+        float32 rounds each pixel's result once (as ``astype`` would, overflow to inf), so
+        no float64 copy of the batch is made.
 
     Returns
     -------
     flux_out, ivar_out
-        Shape ``(N, P)``, float64. Both are 0 where no valid input overlaps an output pixel.
+        Shape ``(N, P)``, ``out_dtype``. Both are 0 where no valid input overlaps an output
+        pixel.
     n_broken
         Per row, real pixels with non-finite flux or ivar, or negative ivar, ``(N,)``.
     n_valid
@@ -226,8 +231,8 @@ def rebin_flux_conserving(centers: np.ndarray, flux: np.ndarray, ivar: np.ndarra
     """
     n_rows, width = flux.shape
     n_out = out_edges.size - 1
-    flux_out = np.empty((n_rows, n_out))
-    ivar_out = np.empty((n_rows, n_out))
+    flux_out = np.empty((n_rows, n_out), dtype=out_dtype)
+    ivar_out = np.empty((n_rows, n_out), dtype=out_dtype)
     n_broken = np.empty(n_rows, dtype=np.int64)
     n_valid = np.empty(n_rows, dtype=np.int64)
     if dropped is None:
@@ -250,5 +255,7 @@ def load_kernels() -> None:
     centers = np.array([[1.0, 2.0, 3.0]])
     for dtype in (np.float32, np.float64):
         values = np.ones((1, 3), dtype=dtype)
-        rebin_flux_conserving(centers, values, values, np.array([3]), np.array([1.5, 2.5]))
+        for out_dtype in (np.float32, np.float64):
+            rebin_flux_conserving(centers, values, values, np.array([3]),
+                                  np.array([1.5, 2.5]), out_dtype=out_dtype)
     median_snr(np.ones((1, 3), np.float32), np.ones((1, 3), np.float32))

@@ -61,7 +61,8 @@ class InputBlock:
                 flux=spectrum.flux[start:stop],
                 spectral_axis=spectrum.spectral_axis,
                 uncertainty=None if uncertainty is None
-                else type(uncertainty)(uncertainty.array[start:stop], unit=uncertainty.unit),
+                else type(uncertainty)(uncertainty.array[start:stop], unit=uncertainty.unit,
+                                       copy=False),
                 mask=None if spectrum.mask is None else spectrum.mask[start:stop],
                 meta={**spectrum.meta, "rows": self.rows[start:stop]},
             ),

@@ -112,7 +112,8 @@ def build_spectrum(wavelength: np.ndarray, flux: np.ndarray, ivar: np.ndarray,
         # spectra: 16 MB less to copy and to hold at once)
         flux=u.Quantity(flux, flux_unit, copy=False),
         spectral_axis=wavelength * u.AA,
-        uncertainty=InverseVariance(np.asarray(ivar), unit=flux_unit**-2),
+        # nor is the ivar copied (astropy's default): a 16 MB transient per 1000 spectra
+        uncertainty=InverseVariance(np.asarray(ivar), unit=flux_unit**-2, copy=False),
         mask=None if mask is None else np.asarray(mask, dtype=bool),
         meta={"rows": rows, **meta},
     )

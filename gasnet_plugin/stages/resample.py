@@ -161,8 +161,9 @@ class ResampleStage(Stage):
         has_row_data = n_pixels > 0
         n_pixels[~batch.usable] = 0          # rows flagged fatal earlier are not resampled
 
-        flux_out, ivar_out, n_broken, n_valid = rebin_flux_conserving(
-            centers, flux, ivar, n_pixels, out_edges, dropped)
+        # the grid's arrays are float32: written so by the kernel, no float64 copy made
+        flux32, ivar32, n_broken, n_valid = rebin_flux_conserving(
+            centers, flux, ivar, n_pixels, out_edges, dropped, out_dtype=np.float32)
         batch.flag(n_valid < 0, ZWarn.BAD_INPUT,
                    "wavelengths are not finite and strictly increasing")
         batch.flag(n_broken > 0, ZWarn.BAD_PIXELS,
@@ -170,7 +171,7 @@ class ResampleStage(Stage):
                     for n in n_broken[n_broken > 0]])
 
         usable_rows = has_row_data & batch.usable
-        npix_valid = (ivar_out > 0).sum(axis=1)
+        npix_valid = (ivar32 > 0).sum(axis=1)
         # a spectrum far coarser than the grid (2 pixels spread over 4076) is no measurement
         native = ((centers >= out_edges[0]) & (centers <= out_edges[-1])
                   & (np.arange(width)[None, :] < n_pixels[:, None])).sum(axis=1)
@@ -186,9 +187,6 @@ class ResampleStage(Stage):
         batch.flag(no_overlap, ZWarn.NODATA,
                    f"no valid pixel within the grid {10**loglam[0]:.0f}-{10**loglam[-1]:.0f} Å")
 
-        with np.errstate(over="ignore"):
-            flux32 = flux_out.astype(np.float32)
-            ivar32 = ivar_out.astype(np.float32)
         beyond = ~(np.isfinite(flux32) & np.isfinite(ivar32))
         if beyond.any():        # values a float32 grid cannot hold: drop those pixels
             n_beyond = beyond.sum(axis=1)
@@ -214,7 +212,7 @@ class ResampleStage(Stage):
         batch.spectrum = Spectrum(
             flux=u.Quantity(flux32, flux_unit, copy=False),
             spectral_axis=10.0**loglam * u.AA,
-            uncertainty=InverseVariance(ivar32, unit=flux_unit**-2),
+            uncertainty=InverseVariance(ivar32, unit=flux_unit**-2, copy=False),
             mask=ivar32 == 0,
             meta={"rows": batch.rows, "loglam": loglam},
         )
