@@ -673,3 +673,55 @@ def test_example_dask_config_runs_on_the_fixtures(tmp_path):
     finally:
         torch.set_num_threads(threads)
     assert_same_archive(local, archive)
+
+
+def test_a_file_and_a_batch_are_let_go_before_the_next_file_is_read(monkeypatch, tmp_path):
+    """At a file boundary nothing of the files read before, nor of the batch processed
+    before, is held while the next file is read: a batch that goes on into the next file
+    keeps a copy of the previous file's tail, not a view of the whole file. Files of 5
+    spectra in batches of 3, so batches straddle files."""
+    import gc
+    import weakref
+
+    import astropy.units as u
+
+    import gasnet_plugin.host.runner as runner
+    from gasnet_plugin.io.labels import label_rows
+    from gasnet_plugin.io.spectrum import build_spectrum
+
+    wave = np.linspace(3600, 9200, 800)
+    files_arrays: list[weakref.ref] = []     # each file's flux and ivar
+    grid_arrays: list[weakref.ref] = []      # each processed batch's arrays on the grid
+    held_at_read: list[int] = []
+
+    def read(path, reader, readers):
+        gc.collect()                   # only references still in use survive this
+        held_at_read.append(sum(ref() is not None for ref in files_arrays + grid_arrays))
+        rng = np.random.default_rng(int(Path(path).stem[1:]))
+        flux = rng.normal(10, 1, (5, wave.size)).astype(np.float32)
+        ivar = np.full_like(flux, 4.0)
+        files_arrays.extend([weakref.ref(flux), weakref.ref(ivar)])
+        return [build_spectrum(wave, flux, ivar, None, u.dimensionless_unscaled,
+                               label_rows(5, str(path)))]
+
+    monkeypatch.setattr(runner, "read_spectra", read)
+    files = [tmp_path / f"f{i}.fits" for i in range(4)]
+    pipeline = Pipeline(as_config({"stages": ["resample"], "batch_size": 3,
+                                   "progress": False}))
+    process_batch = pipeline.process_batch
+
+    def process_and_watch(batch):
+        done = process_batch(batch)
+        grid_arrays.extend(weakref.ref(b.arrays["flux"]) for b in done)
+        return done
+
+    pipeline.process_batch = process_and_watch
+    outputs = list(pipeline.stream(files))
+    assert [len(output) for output in outputs] == [3, 3, 3, 3, 3, 3, 2]
+    assert held_at_read == [0, 0, 0, 0]
+    # the copied tails give the results of views: the same as one batch of all 20
+    whole = Pipeline(as_config({"stages": ["resample"], "batch_size": 20, "progress": False}))
+    (one,) = list(whole.stream(files))
+    for name in ("SNR_MEDIAN", "NPIX_VALID", "ROW"):
+        np.testing.assert_array_equal(
+            np.concatenate([output.results[name] for output in outputs]), one.results[name])

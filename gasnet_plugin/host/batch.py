@@ -70,6 +70,31 @@ class InputBlock:
             first_row=self.first_row + start,
         )
 
+    def copy(self) -> InputBlock:
+        """The block with arrays of its own: a :meth:`slice` views the arrays of the
+        whole file it came from, and holding it holds them all."""
+        if self.spectrum is None:
+            return self
+        from specutils import Spectrum
+
+        spectrum = self.spectrum
+        uncertainty = spectrum.uncertainty
+        rows = self.rows.copy()
+        return InputBlock(
+            rows=rows,
+            spectrum=Spectrum(
+                flux=spectrum.flux.copy(),
+                spectral_axis=spectrum.spectral_axis,
+                uncertainty=None if uncertainty is None
+                else type(uncertainty)(uncertainty.array.copy(), unit=uncertainty.unit,
+                                       copy=False),
+                mask=spectrum.mask,            # copied by the Spectrum
+                meta={**spectrum.meta, "rows": rows},
+            ),
+            file_index=self.file_index,
+            first_row=self.first_row,
+        )
+
 
 def stack_rows(tables: list[Table]) -> Table:
     """Stack label tables; one ``np.concatenate`` per column when they share their columns

@@ -241,6 +241,7 @@ class Pipeline:
                         if on_file_read is not None:
                             on_file_read()
                         return
+            block = None     # this file's arrays are not held while the next one is read
             if on_file_read is not None:
                 on_file_read()
 
@@ -259,6 +260,11 @@ class Pipeline:
                 if filled == size:
                     yield SpectrumBatch(pending)
                     pending, filled = [], 0
+            if pending and pending[-1] is not block:
+                # the batch goes on in the next block (file): keep a copy of this block's
+                # tail, not a view that would hold the whole file while the next is read
+                pending[-1] = pending[-1].copy()
+            del block
         if pending:
             yield SpectrumBatch(pending)
 
@@ -320,7 +326,10 @@ class Pipeline:
         for batch in self.batches(blocks):
             last = batch.blocks[-1]
             end = Cursor(last.file_index, last.first_row + len(last))
-            yield self.output_of(self.process_batch(batch), end)
+            output = self.output_of(self.process_batch(batch), end)
+            # the batch (its spectra, grid arrays and fits) goes before the next is formed
+            del batch, last
+            yield output
 
     def run_info(self, files: Sequence[Path], results: Table | None = None,
                  n_spectra: int = 0, n_failed: int = 0) -> RunInfo:
