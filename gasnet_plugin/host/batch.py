@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,50 +52,37 @@ class InputBlock:
         if self.spectrum is None:
             raise ValueError("a block without a spectrum (an unreadable file) has one row "
                              "and cannot be sliced")
-        from specutils import Spectrum
-
-        spectrum = self.spectrum
-        uncertainty = spectrum.uncertainty
-        return InputBlock(
-            rows=self.rows[start:stop],
-            spectrum=Spectrum(
-                flux=spectrum.flux[start:stop],
-                spectral_axis=spectrum.spectral_axis,
-                uncertainty=None if uncertainty is None
-                else type(uncertainty)(uncertainty.array[start:stop], unit=uncertainty.unit,
-                                       copy=False),
-                mask=None if spectrum.mask is None else spectrum.mask[start:stop],
-                meta={**spectrum.meta, "rows": self.rows[start:stop]},
-            ),
-            file_index=self.file_index,
-            first_row=self.first_row + start,
-        )
+        return self._remade(lambda array: array[start:stop], self.rows[start:stop],
+                            self.first_row + start)
 
     def copy(self) -> InputBlock:
         """The block with arrays of its own: a :meth:`slice` views the arrays of the
         whole file it came from, and holding it holds them all."""
         if self.spectrum is None:
             return self
+        return self._remade(lambda array: array.copy(), self.rows.copy(), self.first_row)
+
+    def _remade(self, take: Callable[[Any], Any], rows: Table, first_row: int) -> InputBlock:
+        """A block whose spectrum has ``take(array)`` of this one's flux, ivar and mask
+        (same spectral axis, unit and meta; ``rows`` as its rows), no further copy made."""
         from specutils import Spectrum
 
         spectrum = self.spectrum
         uncertainty = spectrum.uncertainty
-        rows = self.rows.copy()
         return InputBlock(
             rows=rows,
             spectrum=Spectrum(
-                flux=spectrum.flux.copy(),
+                flux=take(spectrum.flux),
                 spectral_axis=spectrum.spectral_axis,
                 uncertainty=None if uncertainty is None
-                else type(uncertainty)(uncertainty.array.copy(), unit=uncertainty.unit,
+                else type(uncertainty)(take(uncertainty.array), unit=uncertainty.unit,
                                        copy=False),
-                mask=spectrum.mask,            # copied by the Spectrum
+                mask=None if spectrum.mask is None else take(spectrum.mask),
                 meta={**spectrum.meta, "rows": rows},
             ),
             file_index=self.file_index,
-            first_row=self.first_row,
+            first_row=first_row,
         )
-
 
 def stack_rows(tables: list[Table]) -> Table:
     """Stack label tables; one ``np.concatenate`` per column when they share their columns
