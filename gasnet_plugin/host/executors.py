@@ -130,14 +130,14 @@ class LocalExecutor:
                                        f"{per_shard})")
                 if filled == per_shard or stop.signum is not None \
                         or time.monotonic() - opened >= seconds:
-                    store.write(row, pending, names)
+                    store.write(row, pending, names, consume=True)
                     if stop.signum is None:
                         on_shard(row)
                     row, pending, filled, opened = row + filled, [], 0, time.monotonic()
                 if stop.signum is not None:
                     raise RunStopped(stop.signum, row, store.folder)
             if pending:
-                store.write(row, pending, names)
+                store.write(row, pending, names, consume=True)
                 on_shard(row)
                 row += filled
             bar.total = done
@@ -189,10 +189,10 @@ def process_shard(config: dict[str, Any], source: str, files: list[str], start_r
     with run_collector():
         outputs = list(pipeline.stream([Path(f) for f in files],
                                        Cursor(start_file, start_in_file), limit=limit))
-        store.write(start_row, outputs, pipeline.archived_arrays)
-    end = outputs[-1].end
-    return {"start_row": start_row, "n_rows": sum(len(o) for o in outputs),
-            "end_file": end.file, "end_row": end.row}
+        n_rows, end = sum(len(o) for o in outputs), outputs[-1].end
+        store.write(start_row, outputs, pipeline.archived_arrays, consume=True)
+    return {"start_row": start_row, "n_rows": n_rows, "end_file": end.file,
+            "end_row": end.row}
 
 
 def shards_to_compute(counts: Sequence[int], store: ShardStore,

@@ -178,11 +178,13 @@ class ShardStore:
         return sorted(int(m.group(1)) for m in found if m)
 
     def write(self, start_row: int, outputs: Sequence[BatchOutput], names: Sequence[str],
-              ) -> Path:
+              consume: bool = False) -> Path:
         """Write the shard of run rows from ``start_row`` from the outputs of its batches
-        (atomically; a shard already there is replaced)."""
+        (atomically; a shard already there is replaced). With ``consume`` the outputs'
+        results are emptied as the shard's table is stacked (the executors, which let the
+        outputs go after, use it so that a shard's rows are not held twice)."""
 
-        results, arrays = assemble_outputs(outputs, names)
+        results, arrays = assemble_outputs(outputs, names, consume)
         end = outputs[-1].end
         index = start_row
         record = {"index": int(start_row), "start_row": int(start_row),
