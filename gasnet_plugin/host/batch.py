@@ -84,6 +84,7 @@ class InputBlock:
             first_row=first_row,
         )
 
+
 def stack_rows(tables: list[Table]) -> Table:
     """Stack label tables; one ``np.concatenate`` per column when they share their columns
     (the usual case, and much faster than :func:`astropy.table.vstack` for many small
