@@ -260,10 +260,7 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
     w = pre.ivar if every_row else pre.ivar[rows]
     s_now = out.lag[rows_np].copy()
     chis, coefs = fit_at_lags(scan, f, w, s_now, compiled=compiled)
-    if compiled:
-        coefs = _walk_compiled(scan, f, w, s_now, chis, coefs)
-    else:
-        _walk(scan, f, w, s_now, chis, coefs)
+    _walk(scan, f, w, s_now, chis, coefs, compiled)
     chi_m, chi_0, chi_p = chis[:, 0], chis[:, 1], chis[:, 2]
     out.lag[rows_np] = s_now
     s0 = s_now.astype(np.float64)
@@ -292,10 +289,17 @@ def refit(scan: ClassScan, pre: Preprocessed, lag: np.ndarray, use: np.ndarray,
 
 
 def _walk(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
-          chis: np.ndarray, coefs: list[torch.Tensor]) -> None:
-    """The walk downhill of :func:`refit` with the torch fits, all rows in step, in place:
-    ``s_now`` ``(b,)`` centre lags, ``chis`` ``(b, 3)`` and ``coefs`` (three ``(b, K)``)
-    at the window positions 0, 1, 2 (centre − 1, centre, centre + 1)."""
+          chis: np.ndarray, coefs: list[torch.Tensor], compiled: bool) -> None:
+    """The walk downhill of :func:`refit`, all rows in step, in place: ``s_now`` ``(b,)``
+    centre lags, ``chis`` ``(b, 3)`` and ``coefs`` (three ``(b, K)``) at the window
+    positions 0, 1, 2 (centre − 1, centre, centre + 1); each step's new fits by
+    :func:`fit_at_lags` (``compiled``: the CPU kernels, called from here).
+
+    The kernels are called from Python, never from another compiled function: a compiled
+    caller carries its own compiled copies of its callees, and a process that compiled
+    them and one that loaded them from numba's cache ran different copies (their
+    reassociated sums ended in another bit; one QSO of the real spectra moved by 2e-15).
+    """
     n_range = scan.n_lags
     for _ in range(MAX_WALK):
         chi_m = np.where(s_now - 1 >= 0, chis[:, 0], np.inf)
@@ -313,7 +317,7 @@ def _walk(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
                 continue
             picked = torch.from_numpy(sub).to(f.device)
             chis_m, coefs_m = fit_at_lags(scan, f[picked], w[picked], s_now[sub],
-                                          offsets=(new_offset,), compiled=False)
+                                          offsets=(new_offset,), compiled=compiled)
             # window positions 0, 1, 2 are lags centre − 1, centre, centre + 1
             keep = [1, 2] if step == -1 else [0, 1]   # new positions ...
             old = [0, 1] if step == -1 else [1, 2]    # ... taken from these
@@ -325,22 +329,6 @@ def _walk(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
             for k_new, k_old in zip(keep, old, strict=True):
                 coefs[k_new][picked] = old_coefs[k_old]
             coefs[new_offset][picked] = coefs_m[0]
-
-
-def _walk_compiled(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
-                   chis: np.ndarray, coefs: list[torch.Tensor]) -> list[torch.Tensor]:
-    """:func:`_walk` in one compiled pass over the rows
-    (:func:`~gasnet_plugin.engines.exact_fit_kernels.walk_downhill`, the same fits one
-    row at a time; no Python step per walk move): ``s_now`` and ``chis`` in place, the
-    coefficients returned."""
-    from gasnet_plugin.engines.exact_fit_kernels import walk_downhill
-
-    coef = np.stack([c.numpy() for c in coefs], axis=1)               # (b, 3, K)
-    walk_downhill(scan.padded_eigenvectors.numpy(), s_now,
-                  np.ascontiguousarray(f.numpy(), dtype=np.float32),
-                  np.ascontiguousarray(w.numpy(), dtype=np.float32), chis, coef,
-                  scan.n_lags, MAX_WALK)
-    return [torch.from_numpy(np.ascontiguousarray(coef[:, o])) for o in range(3)]
 
 
 def _every_row(model: torch.Tensor, rows: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -313,67 +313,6 @@ def residual_chi2(padded: np.ndarray, lags: np.ndarray, offsets: np.ndarray, f: 
             chi2[i, o] = total
 
 
-@numba.njit(cache=True, nogil=True)
-def walk_downhill(padded: np.ndarray, lags: np.ndarray, f: np.ndarray, w: np.ndarray,
-                  chi2: np.ndarray, coef: np.ndarray, n_lags: int, max_walk: int,
-                  ) -> None:  # pragma: no cover - compiled
-    """The exact refit's walk, per row and in place: while a neighbouring lag fits better
-    than the centre (the lower neighbour first where both do and tie), move the centre
-    there, at most ``max_walk`` times; the two fits it keeps move along and the new outer
-    lag is fitted (:func:`normal_equations`, :func:`solve_ridge`, :func:`residual_chi2`).
-    Neighbours outside ``0 .. n_lags − 1`` never fit better. A row's walk depends on that
-    row alone, so this equals the torch path's walk of all rows in step.
-
-    Parameters
-    ----------
-    padded, f, w
-        As in :func:`normal_equations`.
-    lags
-        ``(b,)`` int64 centre lags, moved in place.
-    chi2, coef
-        ``(b, 3)`` float64 χ² and ``(b, 3, K)`` float64 coefficients at the window
-        positions 0, 1, 2 (centre − 1, centre, centre + 1), updated in place.
-    """
-    n_coef = padded.shape[0]
-    position = np.zeros(1, dtype=np.int64)
-    normal = np.empty((1, 1, n_coef, n_coef), dtype=np.float32)
-    rhs = np.empty((1, 1, n_coef), dtype=np.float32)
-    solved = np.empty((1, 1, n_coef))
-    single = np.empty((1, 1, n_coef), dtype=np.float32)
-    fitted = np.empty((1, 1))
-    for i in range(lags.size):
-        for _ in range(max_walk):
-            centre = lags[i]
-            below = chi2[i, 0] if centre - 1 >= 0 else np.inf
-            above = chi2[i, 2] if centre + 1 <= n_lags - 1 else np.inf
-            if below < chi2[i, 1] and below <= above:
-                step = -1
-            elif above < chi2[i, 1]:
-                step = 1
-            else:
-                break
-            lags[i] = centre + step
-            new = 0 if step == -1 else 2          # the position of the new outer lag
-            if step == -1:                        # the old centre − 1, centre move up
-                for o in (2, 1):
-                    chi2[i, o] = chi2[i, o - 1]
-                    coef[i, o] = coef[i, o - 1]
-            else:
-                for o in (0, 1):
-                    chi2[i, o] = chi2[i, o + 1]
-                    coef[i, o] = coef[i, o + 1]
-            position[0] = new
-            normal_equations(padded, lags[i:i + 1], position, f[i:i + 1], w[i:i + 1],
-                             normal, rhs)
-            solve_ridge(normal, rhs, solved)
-            for k in range(n_coef):
-                single[0, 0, k] = np.float32(solved[0, 0, k])
-            residual_chi2(padded, lags[i:i + 1], position, f[i:i + 1], w[i:i + 1], single,
-                          fitted)
-            chi2[i, new] = fitted[0, 0]
-            coef[i, new] = solved[0, 0]
-
-
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def blended_model(padded: np.ndarray, lags: np.ndarray, coef: np.ndarray, delta: np.ndarray,
                   out: np.ndarray) -> None:  # pragma: no cover - compiled
@@ -415,7 +354,6 @@ def load_kernels() -> None:
     rhs = np.empty((1, 3, 2), dtype=np.float32)
     normal_equations(padded, lags, offsets, f, f, normal, rhs)
     normal_equations_centred(padded, lags, f, f, normal, rhs)
-    walk_downhill(padded, lags.copy(), f, f, np.ones((1, 3)), np.ones((1, 3, 2)), 3, 1)
     residual_chi2(padded, lags, offsets, f, f, rhs, np.empty((1, 3)))
     solve_ridge(normal, rhs, np.empty((1, 3, 2)))
     blended_model(padded, lags, rhs[:, 0], np.zeros(1, dtype=np.float32), f)
