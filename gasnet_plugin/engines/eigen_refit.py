@@ -298,7 +298,7 @@ def _walk(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, s_now: np.ndarray,
     The kernels are called from Python, never from another compiled function: a compiled
     caller carries its own compiled copies of its callees, and a process that compiled
     them and one that loaded them from numba's cache ran different copies (their
-    reassociated sums ended in another bit; one QSO of the real spectra moved by 2e-15).
+    reassociated sums ended in another bit: one real QSO's redshift moved by 2.3e-15).
     """
     n_range = scan.n_lags
     for _ in range(MAX_WALK):
