@@ -41,6 +41,7 @@ def test_cli_run_folder_with_a_corrupt_file(sdss_folder_with_corrupt_file, tmp_p
     corrupt = results[[n == "spec-corrupt.fits" for n in names]][0]
     assert corrupt["ZWARN"] & ZWarn.BAD_INPUT
     assert "truncated" in corrupt["ZWARN_REASON"]
+    assert f"\n  {corrupt['ZWARN_REASON']}\n" in result.output    # the reason, as text
     good = results[[n != "spec-corrupt.fits" for n in names]]
     assert np.all(good["ZWARN"] & int(ZWarn.BAD_INPUT) == 0)
     assert np.all(good["NPIX_VALID"] > 1000)

@@ -14,6 +14,7 @@ from gasnet_plugin.cli.common import (
     fail,
 )
 from gasnet_plugin.cli.group import main
+from gasnet_plugin.io.text_columns import as_text
 
 
 def plural(count: int, singular: str, many: str | None = None) -> str:
@@ -94,7 +95,7 @@ def run(config: Path, inputs: tuple[str, ...], output: Path, overwrite: bool, re
         columns = archive.columns(["ZWARN", "ZWARN_REASON"])
         fatal = np.flatnonzero((np.asarray(columns["ZWARN"]) & int(FATAL)) != 0)
         for index in fatal[:10]:
-            click.echo(f"  {columns['ZWARN_REASON'][index]}", err=True)
+            click.echo(f"  {as_text(columns['ZWARN_REASON'][index])}", err=True)
         if len(fatal) > 10:
             click.echo(f"  ... and {len(fatal) - 10} more (see ZWARN_REASON)", err=True)
         sys.exit(EXIT_SOME_FAILED)

@@ -136,7 +136,7 @@ def measure_chunk(engine: Gasnet3Engine, spectra: EngineInput) -> EngineResult:
         reasons[int(ZWarn.NODATA)] = np.where(
             no_signal, "no signal to fit: flat after continuum subtraction, or too few "
                        "valid pixels for the continuum",
-            "non-finite χ²: flux or ivar values beyond the float32 range of the fit")
+            "non-finite chi2: flux or ivar values beyond the float32 range of the fit")
         for array in (cand_z, chi2, cand_zerr):
             array[unmeasurable] = np.nan
         delta_chi2[unmeasurable] = np.nan
@@ -310,7 +310,7 @@ def _solution_reasons(n_refit: int) -> dict[int, str]:
     """Reasons of the per-solution bits."""
     reasons = {int(ZWarn.Z_AT_EDGE): "best redshift at the edge of its class's z range"}
     if n_refit:
-        reasons[int(ZWarn.BAD_FIT)] = ("χ² minimum not refined (no positive curvature or "
+        reasons[int(ZWarn.BAD_FIT)] = ("chi2 minimum not refined (no positive curvature or "
                                        "singular fit): z on the pixel grid, ZERR NaN")
     return reasons
 

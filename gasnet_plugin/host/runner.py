@@ -45,6 +45,7 @@ from gasnet_plugin.io.archive import (
 )
 from gasnet_plugin.io.labels import label_rows, printable_path
 from gasnet_plugin.io.readers import UnreadableFileError, read_spectra, spectra_in_file
+from gasnet_plugin.io.text_columns import compact_text_columns, text_columns_as_str
 from gasnet_plugin.stages.base import RunContext, Stage
 from gasnet_plugin.zwarning import ZWarn
 
@@ -299,7 +300,7 @@ class Pipeline:
         """Keep the results and archived arrays of a processed batch (or of the
         one-spectrum batches it was split into), dropping the spectra."""
         names = self.archived_arrays
-        results = merge_results([batch.results() for batch in processed])
+        results = merge_results([compact_text_columns(batch.results()) for batch in processed])
         arrays = merge_arrays([(len(b), b.arrays) for b in processed], names)
         axes: dict[str, dict[str, Any]] = {}
         for batch in processed:
@@ -366,6 +367,7 @@ class Pipeline:
             with self.progress_bar(len(files), "file", progress) as bar:
                 outputs = list(self.stream(files, on_file_read=lambda: bar.update(1)))
             results, arrays = assemble_outputs(outputs, self.archived_arrays)
+        results = text_columns_as_str(results)
         return RunArchive(results=results, run=self.run_info(files, results), arrays=arrays)
 
     def progress_bar(self, total: int | None, unit: str, progress: bool | None,
@@ -468,6 +470,7 @@ class Pipeline:
                                  on_shard=merge.shard_done if merge else None)
             if merge is None:
                 results, arrays = store.merge(self.archived_arrays, expected_rows=total)
+                results = text_columns_as_str(results)
                 archive = RunArchive(results=results, run=self.run_info(files, results),
                                      arrays=arrays)
                 archive.write(output, overwrite=True)

@@ -25,6 +25,7 @@ from astropy.table import Table
 
 from gasnet_plugin.io.asdf_extension import ARCHIVE_SCHEMA_URI
 from gasnet_plugin.io.asdf_files import read_validated, write_asdf_atomically
+from gasnet_plugin.io.text_columns import compact_text_columns, text_columns_as_str
 from gasnet_plugin.zwarning import FATAL, ZWarn
 
 
@@ -102,8 +103,10 @@ class RunArchive:
                     raise ArchiveError(f"array {name!r} has {array.shape[0]} rows for {n}")
 
     def tree(self) -> dict[str, Any]:
-        """The ASDF tree (without the optional parts that are absent)."""
-        tree: dict[str, Any] = {"results": self.results, "run": self.run}
+        """The ASDF tree (without the optional parts that are absent); text columns as
+        stored (:mod:`~gasnet_plugin.io.text_columns`)."""
+        stored = compact_text_columns(Table(self.results, copy=False))
+        tree: dict[str, Any] = {"results": stored, "run": self.run}
         if self.arrays is not None:
             tree["arrays"] = self.arrays
         return tree
@@ -226,7 +229,8 @@ def read_archive(path: str | os.PathLike[str]) -> RunArchive:
     if not path.is_file():
         raise ArchiveError(f"{path}: no such file")
     def extract(af: asdf.AsdfFile) -> tuple[Table, Any, SpectrumArrays | None]:
-        return Table(af["results"], copy=True), af["run"], arrays_in_memory(af)
+        return (text_columns_as_str(Table(af["results"], copy=True)), af["run"],
+                arrays_in_memory(af))
 
     results, run, arrays = read_validated(path, ARCHIVE_SCHEMA_URI, extract, ArchiveError,
                                           "gasnet results archive")

@@ -82,7 +82,7 @@ def arm_layout(waves: list[np.ndarray]) -> ArmLayout:
     if npix > 2 * own:      # arms far apart: the union grid would be mostly gap
         raise ValueError(f"the arms span {npix} pixels of their grid for {own} pixels of "
                          f"data ({min(w[0] for w in waves):.1f}-"
-                         f"{max(w[-1] for w in waves):.1f} Å): refusing to allocate the gap")
+                         f"{max(w[-1] for w in waves):.1f} Angstrom): refusing to allocate the gap")
     coverage = np.zeros(npix, dtype=np.int64)
     for offset, wave in zip(offsets, waves, strict=True):
         coverage[offset:offset + len(wave)] += 1

@@ -56,7 +56,7 @@ def _spectrum(data: np.ndarray, values: Mapping[str, Any], header: fits.Header,
     """The spectrum from the primary image ``data`` ``(5, N)`` float32 and the primary
     header's ``values`` (astropy's header, or the fast path's parsed cards)."""
     if data.ndim != 2 or data.shape[0] < 2:
-        raise ValueError(f"primary image has shape {data.shape}; expected 5 × N")
+        raise ValueError(f"primary image has shape {data.shape}; expected 5 x N")
     npix = data.shape[1]
     loglam = values["COEFF0"] + values["COEFF1"] * np.arange(npix)
     mask = data[3] != 0 if data.shape[0] > 3 else None

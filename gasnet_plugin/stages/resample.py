@@ -185,7 +185,8 @@ class ResampleStage(Stage):
         no_overlap = usable_rows & (n_valid > 0) & (npix_valid == 0)
         batch.flag(no_input, ZWarn.NODATA, "no valid input pixel (all masked or ivar <= 0)")
         batch.flag(no_overlap, ZWarn.NODATA,
-                   f"no valid pixel within the grid {10**loglam[0]:.0f}-{10**loglam[-1]:.0f} Å")
+                   f"no valid pixel within the grid {10**loglam[0]:.0f}-{10**loglam[-1]:.0f} "
+                   "Angstrom")
 
         beyond = ~(np.isfinite(flux32) & np.isfinite(ivar32))
         if beyond.any():        # values a float32 grid cannot hold: drop those pixels
