@@ -30,9 +30,10 @@ def stored_datatypes(path: Path) -> dict[str, object]:
 
 
 def config(tmp_path: Path):
-    """The default pipeline, one spectrum per batch, streamed to the archive."""
+    """The default pipeline, one spectrum per batch and per shard (shards whose text
+    columns differ meet in the archive's spools), streamed to the archive."""
     raw = yaml.safe_load((REPO / "example_configs" / "default.yaml").read_text())
-    raw.update({"batch_size": 1, "shard_size": 2, "progress": False})
+    raw.update({"batch_size": 1, "shard_size": 1, "progress": False})
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(raw))
     return as_config(path)
@@ -51,7 +52,7 @@ def test_ascii_text_becomes_bytes_of_the_same_width_and_comes_back_exactly():
 
 
 def test_tables_keep_descriptions_units_and_order_through_both_conversions():
-    from astropy.table import Table
+    from astropy.table import MaskedColumn, Table
 
     table = Table({"SPECTYPE": np.array(["QSO", "STAR"]), "Z": np.array([1.5, 0.0]),
                    "SOURCE": np.array(["/data/a.fits", "/données/b.fits"])})
@@ -65,6 +66,8 @@ def test_tables_keep_descriptions_units_and_order_through_both_conversions():
     mixed = merge_results([compact_text_columns(Table({"SOURCE": np.array(["/data/a"])})),
                            compact_text_columns(Table({"SOURCE": np.array(["/données/b"])}))])
     assert list(mixed["SOURCE"]) == ["/data/a", "/données/b"]
+    masked = Table({"NOTE": MaskedColumn(["a", "b"], mask=[True, False])})   # a plug-in's
+    assert compact_text_columns(masked)["NOTE"].mask.tolist() == [True, False]
     text_columns_as_str(table)
     assert table["SPECTYPE"].dtype == np.dtype("<U4") and list(table["SPECTYPE"]) == ["QSO",
                                                                                       "STAR"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from astropy.table import Table
+from astropy.table import MaskedColumn, Table
 
 
 def ascii_or_unicode(values: np.ndarray) -> np.ndarray:
@@ -55,9 +55,11 @@ def as_unicode(values: np.ndarray) -> np.ndarray:
 
 
 def _convert_text_columns(table: Table, kind: str, convert: Any) -> Table:
+    """Convert the plain columns of dtype kind ``kind`` (masked ones, which a plug-in
+    stage may add, are left as they are: their mask would not survive)."""
     for name in table.colnames:
         column = table[name]
-        if column.dtype.kind != kind:
+        if column.dtype.kind != kind or isinstance(column, MaskedColumn):
             continue
         converted = convert(np.asarray(column))
         if converted.dtype.kind != kind:
