@@ -470,10 +470,10 @@ class Pipeline:
                                  on_shard=merge.shard_done if merge else None)
             if merge is None:
                 results, arrays = store.merge(self.archived_arrays, expected_rows=total)
-                results = text_columns_as_str(results)
                 archive = RunArchive(results=results, run=self.run_info(files, results),
                                      arrays=arrays)
-                archive.write(output, overwrite=True)
+                archive.write(output, overwrite=True)        # the text as stored
+                text_columns_as_str(archive.results)         # and as a user reads it
             else:
                 run = {}
                 merge.write(output, lambda n, failed: run.setdefault("info", self.run_info(

@@ -83,8 +83,9 @@ def text_columns_as_str(table: Table) -> Table:
 
 
 def as_text(value: Any) -> str:
-    """One element of a text column as ``str``: ASCII bytes are decoded, anything else is
-    passed through ``str``."""
+    """One element of a text column as ``str``: bytes are decoded as :func:`as_unicode`
+    decodes them (ASCII, or UTF-8 with invalid bytes replaced), anything else is passed
+    through ``str``."""
     if isinstance(value, bytes):
-        return value.decode("ascii", errors="backslashreplace")
+        return value.decode("utf-8", errors="replace")
     return str(value)
