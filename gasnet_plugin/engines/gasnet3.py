@@ -214,8 +214,9 @@ class Gasnet3Engine(RedshiftEngine):
         import torch
 
         from gasnet_plugin.engines.gasnet3_measure import measure_chunk
+        from gasnet_plugin.models.float32_precision import full_float32
 
-        with torch.no_grad():
+        with torch.no_grad(), full_float32():
             return measure_chunk(self, spectra)
 
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from gasnet_plugin.models.batch_norm_folding import fold_batch_norms
 from gasnet_plugin.models.eigen_model import ModelError
+from gasnet_plugin.models.float32_precision import full_float32
 
 DEFAULT_CLASSIFIER = "gasnet2-classifier.asdf"
 """File name of the default classifier shipped in ``gasnet_plugin/data``."""
@@ -308,7 +309,7 @@ class CNNPredictor:
         elif tuple(inputs.shape) != (flux.shape[0], 2, n):
             raise ValueError(f"inputs {tuple(inputs.shape)} are not the network input of "
                              f"these {flux.shape[0]} spectra, (B, 2, {n})")
-        with torch.inference_mode():
+        with torch.inference_mode(), full_float32():
             for start, stop in itertools.pairwise(bounds):
                 x = inputs[start:stop].to(self.device)
                 out[start:stop] = self.network(x).float().cpu().numpy()
