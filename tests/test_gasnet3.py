@@ -16,7 +16,7 @@ from conftest import DATA, REPO, SDSS_FILES
 from gasnet_plugin.api import run_pipeline
 from gasnet_plugin.cli import main
 from gasnet_plugin.engines.eigen_preprocess import Preprocessed
-from gasnet_plugin.engines.eigen_refit import ROW_BLOCK, fit_at_lags, refit
+from gasnet_plugin.engines.eigen_refit import ROW_BLOCK, eigen_model, fit_at_lags, refit
 from gasnet_plugin.engines.gasnet3 import Gasnet3Engine
 from gasnet_plugin.engines.gasnet3_reference import gasnet3_original_outputs
 from gasnet_plugin.engines.protocol import EngineInput
@@ -210,7 +210,7 @@ def test_refit_finds_the_subpixel_minimum_with_honest_errors(engine):
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "torch"])
 def test_exact_fits_equal_a_float64_least_squares(engine, reference, compiled):
     """The refit's fits at lag − 1, lag, lag + 1 (compiled kernels on the CPU; torch
-    products ROW_BLOCK rows at a time, the path of other devices) equal numpy's weighted
+    products in blocks of rows, the path of other devices) equal numpy's weighted
     least squares in float64 on every row: χ² and coefficients."""
     scan = engine._scans[1]
     rows = reference["QSO10"]
@@ -232,6 +232,39 @@ def test_exact_fits_equal_a_float64_least_squares(engine, reference, compiled):
             np.testing.assert_allclose(chis[i, offset], chi2, rtol=1e-4)
             np.testing.assert_allclose(coefs[offset][i].numpy(), a, rtol=1e-3,
                                        atol=1e-3 * np.abs(a).max())
+
+
+def test_torch_fits_do_not_depend_on_the_row_block(engine, reference, monkeypatch):
+    """The torch products' blocks (ROW_BLOCK rows on the CPU, DEVICE_ROW_BLOCK on a GPU)
+    set how many rows share one product, not any row's fits or model."""
+    from gasnet_plugin.engines import eigen_refit
+
+    scan = engine._scans[0]
+    rows = reference["MIXED"]
+    repeat = -(-(2 * ROW_BLOCK + 3) // len(rows))
+    flux = np.tile(rows["flux"], (repeat, 1)).astype(np.float32)
+    ivar = np.tile(rows["ivar"], (repeat, 1)).astype(np.float32)
+    f = torch.from_numpy((flux - flux.mean(axis=1, keepdims=True))
+                         / flux.std(axis=1, keepdims=True))
+    rng = np.random.default_rng(4)
+    lags = rng.integers(1, scan.n_lags - 1, size=len(f))
+    delta = rng.uniform(-1, 1, size=len(f))
+
+    def fits_and_model():
+        chis, coefs = fit_at_lags(scan, f, torch.from_numpy(ivar), lags, compiled=False)
+        model = eigen_model(scan, coefs[1], lags, delta, f.shape[1], compiled=False)
+        return chis, coefs, model.numpy()
+
+    small = fits_and_model()
+    monkeypatch.setattr(eigen_refit, "ROW_BLOCK", eigen_refit.DEVICE_ROW_BLOCK)
+    assert eigen_refit.row_block(torch.device("cpu")) > len(f) > 2 * ROW_BLOCK
+    large = fits_and_model()
+    np.testing.assert_allclose(large[0], small[0], rtol=1e-6)
+    for a, b in zip(large[1], small[1], strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5,
+                                   atol=1e-5 * np.abs(b.numpy()).max())
+    np.testing.assert_allclose(large[2], small[2], rtol=1e-5,
+                               atol=1e-6 * np.abs(small[2]).max())
 
 
 def test_measure_beats_the_pixel_grid_end_to_end(engine):

@@ -6,8 +6,9 @@ walks downhill to a better lag if a neighbour fits better, and puts a parabola t
 three χ² values: its vertex gives the sub-pixel redshift and its curvature the redshift
 error (Δχ² = 1). Batched: on the CPU each fit's normal equations, χ² and model come from
 compiled kernels (:mod:`~gasnet_plugin.engines.exact_fit_kernels`), elsewhere from batched
-torch products over blocks of :data:`ROW_BLOCK` spectra (whose ``(rows, K, N)`` products
-stay in cache); Python loops run over walk steps and window positions only.
+torch products over blocks of spectra (:func:`row_block`: on the CPU few enough that the
+``(rows, K, N)`` products stay in cache, on a GPU many); Python loops run over walk steps
+and window positions only.
 """
 
 from __future__ import annotations
@@ -25,10 +26,22 @@ MAX_WALK = 4
 """Pixels the refit may walk from the starting lag towards a better exact fit."""
 
 ROW_BLOCK = 16
-"""Spectra whose normal equations are formed together. The ``(16, K, N)`` float32 weighted
-eigenspectra (~2.6 MB for K = 10, N = 4076) stay in cache (in a one-off timing on one core
-16 rows cost less than half per spectrum what 64 do; the engine's speed is measured by
-``benchmarks/bench_gasnet3.py``)."""
+"""Spectra whose normal equations are formed together on the CPU. The ``(16, K, N)``
+float32 weighted eigenspectra (~2.6 MB for K = 10, N = 4076) stay in cache (in a one-off
+timing on one core 16 rows cost less than half per spectrum what 64 do; the engine's speed
+is measured by ``benchmarks/bench_gasnet3.py``)."""
+
+DEVICE_ROW_BLOCK = 1024
+"""Spectra whose normal equations are formed together on a GPU: few, large products
+instead of one small kernel launch after another (a ``(1024, K, N)`` float32 block is
+~170 MB for K = 10, N = 4076). On an H200 the engine's exact refit with blocks of 16 spent
+~0.6 ms per spectrum launching kernels (``bench_gasnet3.py``, docs/scale.rst)."""
+
+
+def row_block(device: torch.device) -> int:
+    """Spectra per block of the torch products on ``device``: :data:`ROW_BLOCK` on the
+    CPU (cache), :data:`DEVICE_ROW_BLOCK` elsewhere (kernel launches)."""
+    return ROW_BLOCK if device.type == "cpu" else DEVICE_ROW_BLOCK
 
 
 @dataclass
@@ -84,9 +97,9 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
 
     On the CPU the normal equations and χ² come from the compiled kernels of
     :mod:`~gasnet_plugin.engines.exact_fit_kernels`; on other devices (or with
-    ``compiled=False``) from batched torch products, :data:`ROW_BLOCK` rows at a time so
-    that the ``(rows, K, N)`` weighted eigenspectra stay in cache. Both solve the same
-    ridge-regularized equations in float64.
+    ``compiled=False``) from batched torch products, :func:`row_block` rows at a time
+    (on the CPU few enough that the ``(rows, K, N)`` weighted eigenspectra stay in cache).
+    Both solve the same ridge-regularized equations in float64.
 
     Parameters
     ----------
@@ -115,8 +128,9 @@ def fit_at_lags(scan: ClassScan, f: torch.Tensor, w: torch.Tensor, lags: np.ndar
     k = scan.n_coef
     chis = torch.empty((n_rows, len(offsets)), dtype=torch.float64, device=device)
     coefs = [torch.empty((n_rows, k), dtype=torch.float64, device=device) for _ in offsets]
-    for start in range(0, n_rows, ROW_BLOCK):
-        block = slice(start, start + ROW_BLOCK)
+    step = row_block(device)
+    for start in range(0, n_rows, step):
+        block = slice(start, start + step)
         x_b = eigen_windows(scan, lags[block], n_obs)                # (r, K, N + 2)
         f_b, w_b = f[block], w[block]
         wf = (w_b * f_b)[:, None, :]                                 # (r, 1, N)
@@ -201,8 +215,9 @@ def eigen_model(scan: ClassScan, coef: torch.Tensor, lags: np.ndarray, delta: np
                       np.ascontiguousarray(coef.float().numpy()),
                       np.asarray(delta, dtype=np.float32), out.numpy())
         return out
-    for start in range(0, len(lags), ROW_BLOCK):
-        block = slice(start, start + ROW_BLOCK)
+    step = row_block(device)
+    for start in range(0, len(lags), step):
+        block = slice(start, start + step)
         # the model over the whole window: its pixels 0, 1, 2 onward are lag − 1, lag, lag + 1
         window = (coef[block].float()[:, None, :]
                   @ eigen_windows(scan, lags[block], n_obs))[:, 0]       # (r, N + 2)
