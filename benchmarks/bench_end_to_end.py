@@ -1,6 +1,6 @@
 """End to end: seconds per spectrum per core of each stage and in total, real and mock.
 
-The default pipeline (``example_configs/default.yaml``) on one thread, on
+The default pipeline (``example_configs/default.yaml``, or ``--config``) on one thread, on
 
 * real: every labelled spectrum of ``../shared/data`` (SDSS, BOSS, DESI, LAMOST files);
 * mock: ``--n-mock`` spectra drawn by ``gasnet simulate`` from the published GaSNet-III
@@ -13,6 +13,7 @@ the cyclic garbage collector set as a run sets it (:mod:`gasnet_plugin.host.coll
 The "share" column is each part against the whole run in the same process.
 
     python benchmarks/bench_end_to_end.py [--n-mock 4000] [--mocks DIR] [--device cpu]
+        [--config example_configs/default.yaml]
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ from gasnet_plugin.io.archive import RunArchive
 STAGES = ("resample", "classify", "redshift-scan", "reconstruct", "subtype", "flag-anomaly")
 
 
-def timed_run(files: list[Path], device: str) -> tuple[int, dict[str, float]]:
-    """Seconds spent reading, in each stage and writing, for the default pipeline."""
-    config = as_config(REPO / "example_configs" / "default.yaml")
+def timed_run(files: list[Path], device: str, config_path: Path,
+              ) -> tuple[int, dict[str, float]]:
+    """Seconds spent reading, in each stage and writing, for the pipeline of
+    ``config_path`` (its device replaced by ``device``)."""
+    config = as_config(config_path)
     config.device = device
     pipeline = Pipeline(config)
     pipeline.setup()
@@ -73,6 +76,8 @@ def main() -> None:
     parser.add_argument("--n-mock", type=int, default=4000)
     parser.add_argument("--mocks", default=None, help="folder of mock FITS files to use")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--config", default=str(REPO / "example_configs" / "default.yaml"),
+                        help="pipeline config (default: example_configs/default.yaml)")
     args = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -89,13 +94,13 @@ def main() -> None:
                        capture_output=True)
         mocks = expand_inputs([folder])
     try:
-        n_real, real_s = timed_run(real, args.device)
-        n_mock, mock_s = timed_run(mocks, args.device)
+        n_real, real_s = timed_run(real, args.device, Path(args.config))
+        n_mock, mock_s = timed_run(mocks, args.device, Path(args.config))
     finally:
         if folder is not None:
             shutil.rmtree(folder)
 
-    print(f"machine: {machine()}; device {args.device}")
+    print(f"machine: {machine()}; device {args.device}; config {args.config}")
     print(f"real: {n_real} spectra from {len(real)} files; mock: {n_mock} spectra "
           f"from {len(mocks)} files")
     rows = []

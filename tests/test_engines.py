@@ -8,12 +8,13 @@ from importlib.metadata import PackageNotFoundError, distribution
 import astropy.units as u
 import numpy as np
 import pytest
+import torch
 from astropy.nddata import InverseVariance
 from click.testing import CliRunner
 from conftest import DATA, REPO, SDSS_FILES, require
 from specutils import Spectrum
 
-from gasnet_plugin.api import process_spectra, run_pipeline
+from gasnet_plugin.api import as_config, process_spectra, run_pipeline
 from gasnet_plugin.cli import main
 from gasnet_plugin.host.config import ConfigError, parse_config
 from gasnet_plugin.host.plugins import PluginHost
@@ -107,7 +108,10 @@ def test_every_example_config_has_a_header_and_runs(tmp_path, monkeypatch, tiny_
         assert config.read_text().startswith("#"), f"{config.name}: no comment header"
         if "redrock" in config.read_text():
             require("redrock", "GASNET_REQUIRE_REDROCK")
-        archive = run_pipeline(config, [str(SDSS_FILES[0])], tmp_path / f"{config.stem}.asdf")
+        parsed = as_config(config)
+        if parsed.device.startswith("cuda") and not torch.cuda.is_available():
+            parsed.device = "cpu"       # gpu.yaml here as `gasnet run --device cpu` runs it
+        archive = run_pipeline(parsed, [str(SDSS_FILES[0])], tmp_path / f"{config.stem}.asdf")
         assert len(archive.results) == 1, config.name
 
 

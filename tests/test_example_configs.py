@@ -55,3 +55,26 @@ def test_default_config_lists_every_key_and_parameter_at_its_default():
             engine = plugins.engines.get(params["engine"])
             assert engine_params == {k: v.get("default")
                                      for k, v in engine.parameters.items()}, "engine_params"
+
+
+def test_gpu_config_run_on_the_cpu_gives_the_default_results():
+    """gpu.yaml changes only how many spectra go through one call (and the device), so on
+    the CPU it gives default.yaml's results: every class, flag and string the same, every
+    number to float32 rounding."""
+    import numpy as np
+
+    from gasnet_plugin.api import as_config, run_pipeline
+
+    data = [str(Path(__file__).resolve().parent / "data")]
+    config = as_config(EXAMPLES / "gpu.yaml")
+    assert config.device == "cuda" and config.batch_size > 256
+    config.device = "cpu"
+    gpu_config, default = run_pipeline(config, data).results, \
+        run_pipeline(EXAMPLES / "default.yaml", data).results
+    assert gpu_config.colnames == default.colnames and len(default) > 10
+    for name in default.colnames:
+        a, b = np.asarray(gpu_config[name]), np.asarray(default[name])
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0, equal_nan=True, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
