@@ -11,13 +11,20 @@ diagram, and marks broad lines:
   as SDSS measures it: observed frame (its ``LINEEW`` is ``LINEAREA / LINECONTLEVEL``,
   the line's area in observed Å over the continuum per observed Å; idlspec2d's
   ``linebackfit``), i.e. our rest-frame ``HALPHA_EW`` × (1 + z);
-* ``BROADLINE``, appended: a line detected at 10σ whose width σ exceeds 200 km/s at 5σ.
+* ``BROADLINE``, appended: a line other than Lyα detected at 10σ whose width σ exceeds
+  200 km/s at 5σ.
 
-Our reading of "detected" for the diagram: all four lines with flux S/N > ``BPT_SNR`` (3) and
-positive; otherwise the BPT part stays empty, as SDSS leaves SUBTYPE empty when the lines
-are too weak. Broad components (Hα, Hβ) count as broad lines when their flux is positive at
-10σ and adding them improves the fit by Δχ² > 25 (5σ); a line whose width sits at the edge
-of its grid (no width error) is taken as known to 30 %.
+The rules follow the code that applies them, idlspec2d's ``spreduce1d.pro`` ("Classify
+galaxies and QSO's based upon emission lines"): the diagram needs all four lines with
+``LINEAREA`` > 3 ``LINEAREA_ERR`` (else the BPT part stays empty, as SDSS leaves SUBTYPE
+empty when the lines are too weak); STARBURST needs ``LINEEW`` > 50 Å *and* > 3
+``LINEEW_ERR``; BROADLINE takes the largest ``LINESIGMA`` − 5 ``LINESIGMA_ERR`` over the
+lines with ``LINEAREA`` > 10 ``LINEAREA_ERR``, Lyα left out. Our width comes from a grid
+(:mod:`gasnet_plugin.emission_lines`), so two cases of ours have no SDSS counterpart: broad
+components (Hα, Hβ) count as broad lines when their flux is positive at 10σ and adding
+them improves the fit by Δχ² > 25 (5σ); a line whose width sits at the top of its grid
+(no width error) is at least as broad as the grid's point below the top, and one at the
+bottom is taken as known to 30 %.
 
 A galaxy with a *dominant* broad Balmer line is what SDSS and Redrock call a QSO (their
 templates see the broad line): :func:`broad_line_dominated` marks rows whose broad Hα
@@ -30,6 +37,8 @@ as SDSS does (e.g. "GALAXY AGN BROADLINE").
 from __future__ import annotations
 
 import numpy as np
+
+from gasnet_plugin.emission_lines import LINE_GROUPS, WIDTH_GRIDS
 
 BPT_SNR = 3.0
 """Flux S/N each of Hα, Hβ, [O III] 5007 and [N II] 6584 needs for a BPT subtype."""
@@ -45,15 +54,28 @@ BROAD_DCHI2 = 25.0
 """Δχ² a broad Balmer component must add."""
 QSO_BROAD_EW = 20.0
 """Rest-frame equivalent width (Å) of a broad Balmer line that makes a galaxy a QSO."""
-NARROW_LINES = ("HALPHA", "HBETA", "OIII_5007", "NII_6584", "MGII_2800", "CIV_1549",
-                "LYALPHA")
-"""Lines whose own width can make them broad."""
+NARROW_LINES = ("HALPHA", "HBETA", "OIII_5007", "NII_6584", "MGII_2800", "CIV_1549")
+"""Lines whose own width can make them broad (SDSS leaves Lyα out: its width is the
+forest's absorption as much as the line's)."""
 BROAD_COMPONENTS = ("HALPHA_BROAD", "HBETA_BROAD")
+_LINE_KINDS = {line.name: line.kind for group in LINE_GROUPS for line in group.lines}
 
 
 def _snr(lines: dict[str, np.ndarray], name: str) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.nan_to_num(lines[f"{name}_FLUX"] / lines[f"{name}_FLUX_ERR"], nan=0.0)
+
+
+def _sigma_lower_bound(lines: dict[str, np.ndarray], name: str) -> np.ndarray:
+    """σ − 5 σ_err of line ``name`` (km/s, ``(B,)``), where the width has an error; at the
+    top of the line's width grid the grid's point below the top (the width lies beyond
+    it); at the bottom σ − 5 · 0.3 σ."""
+    sigma = lines[f"{name}_SIGMA"]
+    error = lines[f"{name}_SIGMA_ERR"]
+    grid = WIDTH_GRIDS[_LINE_KINDS[name]]
+    at_top = ~np.isfinite(error) & (sigma >= grid[-1])
+    error = np.where(np.isfinite(error), error, 0.3 * sigma)
+    return np.where(at_top, grid[-2], sigma - BROAD_SIGMA_NSIGMA * error)
 
 
 def bpt_subtype(lines: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
@@ -65,7 +87,8 @@ def bpt_subtype(lines: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
         x = np.log10(lines["NII_6584_FLUX"] / lines["HALPHA_FLUX"])
         y = np.log10(lines["OIII_5007_FLUX"] / lines["HBETA_FLUX"])
         agn = y > 0.7 - 1.2 * (x + 0.4)
-        starburst = lines["HALPHA_EW"] * (1 + np.asarray(z, dtype=float)) > STARBURST_EW
+        starburst = (lines["HALPHA_EW"] * (1 + np.asarray(z, dtype=float)) > STARBURST_EW) \
+            & (lines["HALPHA_EW"] > BPT_SNR * lines["HALPHA_EW_ERR"])
     return np.where(detected, np.where(agn, "AGN", np.where(starburst, "STARBURST",
                                                             "STARFORMING")), "")
 
@@ -76,12 +99,9 @@ def has_broad_line(lines: dict[str, np.ndarray]) -> np.ndarray:
     n_rows = lines["HALPHA_FLUX"].shape[0]
     broad = np.zeros(n_rows, dtype=bool)
     for name in NARROW_LINES:
-        sigma = lines[f"{name}_SIGMA"]
-        error = np.where(np.isfinite(lines[f"{name}_SIGMA_ERR"]), lines[f"{name}_SIGMA_ERR"],
-                         0.3 * sigma)
         with np.errstate(invalid="ignore"):
             broad |= (_snr(lines, name) > BROAD_SNR) \
-                & (sigma - BROAD_SIGMA > BROAD_SIGMA_NSIGMA * error)
+                & (_sigma_lower_bound(lines, name) > BROAD_SIGMA)
     for name in BROAD_COMPONENTS:
         with np.errstate(invalid="ignore"):
             broad |= (_snr(lines, name) > BROAD_SNR) \

@@ -8,9 +8,14 @@ import numpy as np
 import pytest
 
 from gasnet_plugin.api import run_pipeline
-from gasnet_plugin.emission_lines import C_KMS, line_names, measure_lines
+from gasnet_plugin.emission_lines import ANY_SIGMAS, C_KMS, line_names, measure_lines
 from gasnet_plugin.models.star_templates import fit_star_templates, load_star_templates
-from gasnet_plugin.subtypes import bpt_subtype, broad_line_dominated, emission_subtype
+from gasnet_plugin.subtypes import (
+    bpt_subtype,
+    broad_line_dominated,
+    emission_subtype,
+    has_broad_line,
+)
 
 DATA = Path(__file__).parent / "data"
 LOGLAM = np.log10(3600.0) + 1e-4 * np.arange(4076)
@@ -72,13 +77,14 @@ def test_a_broad_balmer_line_is_found_and_makes_a_qso():
 
 
 def test_bpt_follows_the_sdss_dividing_line():
-    def lines(halpha, nii, hbeta, oiii, ew=20.0, snr=20.0):
+    def lines(halpha, nii, hbeta, oiii, ew=20.0, snr=20.0, ew_err=2.0):
         values = {"HALPHA": halpha, "NII_6584": nii, "HBETA": hbeta, "OIII_5007": oiii}
         out = {}
         for name, flux in values.items():
             out[f"{name}_FLUX"] = np.array([flux])
             out[f"{name}_FLUX_ERR"] = np.array([flux / snr])
         out["HALPHA_EW"] = np.array([ew])
+        out["HALPHA_EW_ERR"] = np.array([ew_err])
         return out
 
     at_rest = np.zeros(1)
@@ -90,6 +96,29 @@ def test_bpt_follows_the_sdss_dividing_line():
     # z = 0.2 (54 Å observed), not at z = 0.05 (47 Å)
     assert bpt_subtype(lines(10, 1, 3, 1, ew=45), np.array([0.2]))[0] == "STARBURST"
     assert bpt_subtype(lines(10, 1, 3, 1, ew=45), np.array([0.05]))[0] == "STARFORMING"
+    # and as SDSS's code does, only an EW measured at 3σ makes a STARBURST
+    assert bpt_subtype(lines(10, 1, 3, 1, ew=80, ew_err=30), at_rest)[0] == "STARFORMING"
+
+
+def test_broadline_follows_the_sdss_code():
+    """BROADLINE: σ − 5 σ_err > 200 km/s on a line at 10σ, Lyα left out (idlspec2d's
+    spreduce1d); a width at the top of its grid is at least the point below the top."""
+    def lines(name, sigma, sigma_err, snr=20.0):
+        out = {}
+        for line in line_names():
+            for quantity in ("FLUX", "FLUX_ERR", "SIGMA", "SIGMA_ERR", "DCHI2"):
+                out[f"{line}_{quantity}"] = np.full(1, np.nan)
+        out[f"{name}_FLUX"], out[f"{name}_FLUX_ERR"] = np.array([snr]), np.array([1.0])
+        out[f"{name}_SIGMA"], out[f"{name}_SIGMA_ERR"] = np.array([sigma]), np.array([sigma_err])
+        return out
+
+    assert has_broad_line(lines("CIV_1549", 2000.0, 100.0))[0]
+    assert not has_broad_line(lines("CIV_1549", 2000.0, 400.0))[0]     # not at 5σ
+    assert not has_broad_line(lines("CIV_1549", 2000.0, 100.0, snr=8.0))[0]
+    assert not has_broad_line(lines("LYALPHA", 2000.0, 100.0))[0]      # SDSS skips Lyα
+    # the top of the width grid has no error: the line is broader than the point below it
+    assert has_broad_line(lines("CIV_1549", ANY_SIGMAS[-1], np.nan))[0]
+    assert not has_broad_line(lines("HALPHA", 40.0, np.nan))[0]        # bottom of the grid
 
 
 def test_each_star_template_recovers_its_own_type():
