@@ -45,6 +45,9 @@ BPT_SNR = 3.0
 STARBURST_EW = 50.0
 """Observed-frame Hα equivalent width (Å; SDSS's ``LINEEW``) above which a star-forming
 galaxy is a STARBURST."""
+STARBURST_EW_SNR = 3.0
+"""Significance the Hα equivalent width of a STARBURST needs (SDSS: ``LINEEW`` > 3
+``LINEEW_ERR``)."""
 BROAD_SNR = 10.0
 """Flux S/N of a broad line."""
 BROAD_SIGMA = 200.0
@@ -55,8 +58,7 @@ BROAD_DCHI2 = 25.0
 QSO_BROAD_EW = 20.0
 """Rest-frame equivalent width (Å) of a broad Balmer line that makes a galaxy a QSO."""
 NARROW_LINES = ("HALPHA", "HBETA", "OIII_5007", "NII_6584", "MGII_2800", "CIV_1549")
-"""Lines whose own width can make them broad (SDSS leaves Lyα out: its width is the
-forest's absorption as much as the line's)."""
+"""Lines whose own width can make them broad (SDSS's code leaves Lyα out)."""
 BROAD_COMPONENTS = ("HALPHA_BROAD", "HBETA_BROAD")
 _LINE_KINDS = {line.name: line.kind for group in LINE_GROUPS for line in group.lines}
 
@@ -88,7 +90,7 @@ def bpt_subtype(lines: dict[str, np.ndarray], z: np.ndarray) -> np.ndarray:
         y = np.log10(lines["OIII_5007_FLUX"] / lines["HBETA_FLUX"])
         agn = y > 0.7 - 1.2 * (x + 0.4)
         starburst = (lines["HALPHA_EW"] * (1 + np.asarray(z, dtype=float)) > STARBURST_EW) \
-            & (lines["HALPHA_EW"] > BPT_SNR * lines["HALPHA_EW_ERR"])
+            & (lines["HALPHA_EW"] > STARBURST_EW_SNR * lines["HALPHA_EW_ERR"])
     return np.where(detected, np.where(agn, "AGN", np.where(starburst, "STARBURST",
                                                             "STARFORMING")), "")
 
