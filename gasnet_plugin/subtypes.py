@@ -23,8 +23,9 @@ lines with ``LINEAREA`` > 10 ``LINEAREA_ERR``, Lyα left out. Our width comes fr
 (:mod:`gasnet_plugin.emission_lines`), so two cases of ours have no SDSS counterpart: broad
 components (Hα, Hβ) count as broad lines when their flux is positive at 10σ and adding
 them improves the fit by Δχ² > 25 (5σ); a line whose width sits at the top of its grid
-(no width error) is at least as broad as the grid's point below the top, and one at the
-bottom is taken as known to 30 %.
+(no width error) is at least as broad as the grid's point below the top; any other width
+without an error (the bottom of the grid, or a χ² without positive curvature there) is
+taken as known to 30 %.
 
 A galaxy with a *dominant* broad Balmer line is what SDSS and Redrock call a QSO (their
 templates see the broad line): :func:`broad_line_dominated` marks rows whose broad Hα
@@ -71,7 +72,8 @@ def _snr(lines: dict[str, np.ndarray], name: str) -> np.ndarray:
 def _sigma_lower_bound(lines: dict[str, np.ndarray], name: str) -> np.ndarray:
     """σ − 5 σ_err of line ``name`` (km/s, ``(B,)``), where the width has an error; at the
     top of the line's width grid the grid's point below the top (the width lies beyond
-    it); at the bottom σ − 5 · 0.3 σ."""
+    it); any other width without an error (bottom of the grid, no positive curvature)
+    σ − 5 · 0.3 σ."""
     sigma = lines[f"{name}_SIGMA"]
     error = lines[f"{name}_SIGMA_ERR"]
     grid = WIDTH_GRIDS[_LINE_KINDS[name]]
