@@ -1,205 +1,393 @@
-"""A galaxy's stellar continuum from named stellar spectra, for measuring its emission lines.
+"""A galaxy's stellar continuum as SDSS fits it, for measuring its emission lines.
 
 Balmer emission in a galaxy sits in the stellar Balmer absorption; measured against a
 straight local continuum, Hβ emission can vanish and Hα equivalent widths come out low.
-SDSS subtracts a stellar-population continuum before measuring lines. This does the same
-with the named stellar templates the subtype stage already ships
-(:mod:`gasnet_plugin.models.star_templates`): a handful of dwarfs and giants from B to M,
-broadened to a typical galaxy velocity dispersion, are fitted with a cubic polynomial by
-weighted linear least squares at each galaxy's redshift, with the pixels near emission
-lines left out. Batched: each spectrum's stars are one window of the zero-padded basis,
-and compiled kernels (numba) form the normal equations and the model from those windows
-and the shared polynomial terms, one spectrum at a time.
+SDSS measures a galaxy's lines on top of its velocity-dispersion fit (idlspec2d:
+``spreduce1d`` calls ``vdispfit`` and hands its model, ``dispflux``, to ``speclinefit`` as
+the galaxy's background), and so does this module:
+
+* the basis is the first :data:`EIGEN_COLUMNS` (24) eigenspectra of the ELODIE stellar
+  library, SDSS's ``spEigenElodie.fits`` (shipped as
+  ``gasnet_plugin/data/sdss-elodie-eigenspectra.asdf``, rest frame, 4126–6797 Å),
+  Gaussian-broadened to each dispersion of :data:`DISPERSIONS_KMS` (0, 25, …, 850 km/s),
+  plus :data:`POLY_TERMS` (5) polynomial terms;
+* pixels within ±6·10⁻⁴ in log10 λ (±414 km/s) of 14 emission lines, and the first and
+  last 4 pixels of the templates, are left out (``vdispfit``'s mask);
+* the fit is weighted linear least squares at every dispersion; the model at the best one
+  is the continuum (NaN beyond the templates' range, where the line fit falls back on its
+  local linear continuum, as ``speclinefit`` adds flat terms there).
+
+Three simplifications, none of which changed a subclass of the 24 SDSS-labelled galaxies
+of ``../shared/data`` (docs/subtype.rst): the dispersion is searched with the first
+:data:`SEARCH_COLUMNS` (5) eigenspectra, as BOSS's redshift-marginalized dispersion
+likelihood does (``vdispfit(columns=lindgen(5), npoly=5)``), on every
+:data:`SEARCH_EVERY`-th dispersion with a parabola between them, and the model is then the
+24-eigenspectra fit at the grid dispersion nearest the parabola's minimum; and each galaxy
+is placed on the templates' grid at its whole-pixel redshift shift (``vdispfit`` at a
+tenth of a pixel). The fitted dispersion comes back with the continuum (against SDSS's
+``VDISP`` of two legacy galaxies: 175 and 225 km/s for 180 and 230).
+
+Batched: on the templates' grid, a galaxy is its weights ``w`` and weighted flux ``w f``
+(zero off its spectrum and on the masked pixels; one compiled pass per galaxy). The design
+rows (eigenspectra and polynomials) are then the same for every galaxy: the search's normal
+equations for a whole chunk at one dispersion are two matrix products, the weights with
+the pairwise products of the design rows and the weighted fluxes with the design rows; the
+model's, at each galaxy's own dispersion, one matrix product of the design with the
+weighted design rows of the galaxies that share that dispersion. The loops run over
+dispersions, not spectra.
 """
 
 from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from pathlib import Path
 
 import numba
 import numpy as np
 
 from gasnet_plugin.emission_lines import C_KMS
-from gasnet_plugin.models.star_templates import StarTemplates
+from gasnet_plugin.io.wavelength_medium import air_to_vacuum
+from gasnet_plugin.models.star_templates import StarTemplates, load_star_templates
 
-BASIS = ("B3V (29763)", "A1V (95418)", "A4V (136729)", "F0V (90277)", "F6V (16673)",
-         "G1V (95128)", "G8V (101501)", "K0V (10780)", "K1III (18322)", "K3V (32147)",
-         "K5III (111335)", "M0III (168720)")
-"""The stellar spectra whose mixture models a galaxy's continuum (B to M, dwarfs and
-giants)."""
-DISPERSION_KMS = 150.0
-"""Velocity dispersion the basis is broadened to, km/s (a typical galaxy's)."""
-POLY_DEGREE = 3
-"""Degree of the additive polynomial fitted with the stellar mixture."""
-MASKED_LINES = (6564.61, 6585.27, 6549.86, 4862.68, 5008.24, 4960.30, 4341.68, 4102.89,
-                6718.29, 6732.67, 3728.48, 3869.81, 5877.25, 6302.05)
-"""Rest vacuum wavelengths (Å) of emission lines left out of the continuum fit."""
-MASK_HALF_WIDTH_KMS = 800.0
-"""Half width of the pixels left out around each line, km/s."""
-CHUNK_ROWS = 16
-"""Spectra fitted together: each takes a few ``P``-pixel float64 rows (its flux, weights
-and continuum), so chunks keep a batch's memory small; the results are the same bit for
-bit (each row's normal equations are formed alone)."""
+DEFAULT_CONTINUUM_TEMPLATES = "sdss-elodie-eigenspectra.asdf"
+"""File name of the shipped eigenspectra in ``gasnet_plugin/data`` (the star-templates
+format, one row per eigenspectrum)."""
+EIGEN_COLUMNS = 24
+"""Eigenspectra in the continuum's model (``spreduce1d``: ``columns=lindgen(24)``)."""
+SEARCH_COLUMNS = 5
+"""Eigenspectra used to find the dispersion (BOSS's dispersion likelihood:
+``columns=lindgen(5)``)."""
+POLY_TERMS = 5
+"""Polynomial terms (degrees 0–4) fitted with the eigenspectra (``vdispfit``'s ``npoly``)."""
+DISPERSIONS_KMS = 25.0 * np.arange(35)
+"""Velocity dispersions the continuum is fitted at, km/s (``vdispfit``: 35 steps of 25
+km/s)."""
+SEARCH_EVERY = 4
+"""The dispersion is searched on every fourth of :data:`DISPERSIONS_KMS` (0, 100, …, 800
+km/s); a parabola through the lowest χ² and its two neighbours places it, and the model is
+fitted at the grid dispersion nearest that (``vdispfit`` fits its parabola to its whole
+grid, and takes the model of the grid point nearest its minimum likewise)."""
+MODEL_ROWS = 16
+"""Galaxies whose weighted design rows (``(16, 29, N)`` float64, ~8 MB) are formed at once
+for the model's normal equations."""
+MASKED_LINES_AIR = (3725.94, 3727.24, 3970.072, 4101.73, 4340.46, 4861.3632, 4958.911,
+                    5006.843, 6300.32, 6548.05, 6562.801, 6583.45, 6716.44, 6730.82)
+"""Air wavelengths (Å) of the emission lines ``vdispfit`` leaves out of the fit."""
+MASK_HALF_WIDTH_DLOGLAM = 6e-4
+"""Half width of the pixels left out around each line, in log10 λ (±414 km/s)."""
+EDGE_PIXELS = 4
+"""Template pixels left out at each end (their broadening is not complete)."""
+CHUNK_ROWS = 128
+"""Galaxies fitted together: each takes a few template-length float64 rows (~17 kB each);
+the design rows' pairwise products are made once per chunk and dispersion. The results
+are the same at any chunk size to float64 rounding (each row's normal equations are its
+own, but the matrix products that form them may sum in another order for another number of
+rows); a run's chunks are fixed by its batches, so a run repeated gives the same bits."""
 
 
-def broadened_basis(templates: StarTemplates, names: tuple[str, ...] = BASIS,
-                    dispersion_kms: float = DISPERSION_KMS) -> np.ndarray:
-    """``(K, N)`` float64 the chosen templates, Gaussian-broadened (in log λ) by
-    ``dispersion_kms`` and each scaled to unit median."""
+@dataclass(frozen=True)
+class DispersionBasis:
+    """The eigenspectra broadened to every dispersion, and the fixed parts of the fit.
+
+    Attributes
+    ----------
+    loglam0, dloglam
+        log10 Å of the templates' first pixel, and their step.
+    broadened
+        ``(S, E, N)`` float32: the ``E`` eigenspectra (each scaled to unit RMS) broadened
+        to each of the ``S`` dispersions of :data:`DISPERSIONS_KMS`.
+    poly
+        ``(Q, N)`` float64 Legendre polynomials of degree 0 … Q−1 across the ``N`` pixels
+        (on any galaxy's pixels they span the same functions as ``vdispfit``'s).
+    fitted
+        ``(N,)`` bool: pixels that enter the fit (away from the ends and the lines).
+    """
+
+    loglam0: float
+    dloglam: float
+    broadened: np.ndarray
+    poly: np.ndarray
+    fitted: np.ndarray
+
+    @property
+    def n_pix(self) -> int:
+        return self.broadened.shape[2]
+
+    def design(self, dispersion: int, columns: int) -> np.ndarray:
+        """``(columns + Q, N)`` float64 design rows at dispersion index ``dispersion``."""
+        return np.vstack([self.broadened[dispersion, :columns].astype(np.float64),
+                          self.poly])
+
+
+def dispersion_basis(templates: StarTemplates, columns: int = EIGEN_COLUMNS,
+                     dispersions_kms: np.ndarray = DISPERSIONS_KMS) -> DispersionBasis:
+    """Broaden the first ``columns`` eigenspectra of ``templates`` to every dispersion
+    (Gaussian in log λ, ``vdispfit``'s kernel of ±4σ, edges held) and build the mask."""
     from scipy.ndimage import gaussian_filter1d
 
-    rows = [templates.names.index(name) for name in names]
-    pixel_kms = C_KMS * np.log(10) * templates.dloglam
-    basis = gaussian_filter1d(templates.flux[rows].astype(np.float64),
-                              dispersion_kms / pixel_kms, axis=1)
-    return basis / np.median(basis, axis=1, keepdims=True)
+    if templates.flux.shape[0] < columns:
+        raise ValueError(f"continuum templates {templates.source!r} have "
+                         f"{templates.flux.shape[0]} rows, {columns} are needed")
+    eigen = templates.flux[:columns].astype(np.float64)
+    eigen = eigen / np.sqrt(np.mean(eigen**2, axis=1, keepdims=True))
+    pixel_kms = (10**templates.dloglam - 1) * C_KMS
+    broadened = np.stack([
+        eigen if sigma == 0 else gaussian_filter1d(eigen, sigma / pixel_kms, axis=1,
+                                                   mode="nearest", truncate=4.0)
+        for sigma in dispersions_kms]).astype(np.float32)
+    n_pix = eigen.shape[1]
+    loglam = templates.loglam0 + templates.dloglam * np.arange(n_pix)
+    fitted = np.ones(n_pix, dtype=bool)
+    fitted[:EDGE_PIXELS] = fitted[n_pix - EDGE_PIXELS:] = False
+    for line in np.log10(air_to_vacuum(np.asarray(MASKED_LINES_AIR))):
+        fitted &= np.abs(loglam - line) > MASK_HALF_WIDTH_DLOGLAM
+    x = np.linspace(-1, 1, n_pix)
+    poly = np.polynomial.legendre.legvander(x, POLY_TERMS - 1).T.copy()
+    return DispersionBasis(float(templates.loglam0), float(templates.dloglam), broadened,
+                           poly, fitted)
+
+
+@cache
+def default_dispersion_basis() -> DispersionBasis:
+    """:func:`dispersion_basis` of the shipped eigenspectra (made once per process)."""
+    return dispersion_basis(load_continuum_templates("default"))
+
+
+def load_continuum_templates(path: str | os.PathLike[str] = "default") -> StarTemplates:
+    """The eigenspectra file (``"default"``: the shipped ``spEigenElodie`` columns)."""
+    if str(path) == "default":
+        path = Path(str(resources.files("gasnet_plugin.data").joinpath(
+            DEFAULT_CONTINUUM_TEMPLATES)))
+    return load_star_templates(path)
+
+
+def eigenspectra_from_idlspec2d(path: str | os.PathLike[str],
+                                columns: int = EIGEN_COLUMNS) -> StarTemplates:
+    """Read SDSS's ``spEigenElodie.fits`` (eigenspectra ``(E, N)`` in HDU 0, grid from
+    ``COEFF0``/``COEFF1``), its first ``columns`` rows, named by their column."""
+    from astropy.io import fits
+
+    with fits.open(path) as hdul:
+        header = hdul[0].header
+        flux = np.asarray(hdul[0].data[:columns], dtype=np.float32)
+        return StarTemplates([f"eigenspectrum {i}" for i in range(flux.shape[0])],
+                             float(header["COEFF0"]), float(header["COEFF1"]), flux,
+                             f"{Path(path).name}, columns 0-{flux.shape[0] - 1}")
+
+
+@dataclass
+class StellarContinuum:
+    """The continuum fit of ``B`` galaxies: the model ``(B, P)`` on their grid (NaN where
+    not fitted) and the dispersion it was fitted at ``(B,)`` (km/s, on the grid of
+    :data:`DISPERSIONS_KMS`; NaN where not fitted)."""
+
+    model: np.ndarray
+    dispersion_kms: np.ndarray
 
 
 def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray,
-                          z: np.ndarray, basis: np.ndarray, loglam0: float,
-                          ) -> np.ndarray:
-    """The stellar continuum ``(B, P)`` of ``B`` spectra at redshifts ``z`` (NaN rows where
-    it cannot be fitted).
+                          z: np.ndarray, basis: DispersionBasis | None = None,
+                          ) -> StellarContinuum:
+    """The stellar continuum of ``B`` galaxies at redshifts ``z`` (see the module
+    docstring).
 
     Parameters
     ----------
     flux, ivar
-        ``(B, P)`` on the log10-λ grid ``loglam`` ``(P,)``.
+        ``(B, P)`` on the log10-λ grid ``loglam`` ``(P,)``, whose step must be the
+        templates' (to 1 %).
     z
-        ``(B,)`` redshifts.
+        ``(B,)`` redshifts (rounded to whole pixels of the grid; NaN: not fitted).
     basis
-        ``(K, N)`` :func:`broadened_basis`, rest frame, first pixel at log10 λ ``loglam0``,
-        the same step as ``loglam``.
+        :func:`dispersion_basis`; ``None``: the shipped one.
     """
-    n_pix = flux.shape[1]
-    padded = np.pad(basis, ((0, 0), (n_pix, n_pix)))     # zeros beyond the templates, once
-    x = np.linspace(-1, 1, n_pix)
-    powers = np.stack([x**k for k in range(POLY_DEGREE + 1)])            # (Q, P), shared
-    return np.concatenate([
-        _fit_chunk(flux[start:start + CHUNK_ROWS], ivar[start:start + CHUNK_ROWS], loglam,
-                   z[start:start + CHUNK_ROWS], padded, powers, loglam0)
-        for start in range(0, max(flux.shape[0], 1), CHUNK_ROWS)])
+    basis = default_dispersion_basis() if basis is None else basis
+    n_rows, n_pix = flux.shape
+    step = (loglam[-1] - loglam[0]) / max(n_pix - 1, 1)
+    if n_pix > 1 and abs(step / basis.dloglam - 1) > 0.01:
+        raise ValueError(f"continuum templates have {basis.dloglam:g} dex pixels, the grid "
+                         f"{step:g}")
+    model = np.full((n_rows, n_pix), np.nan)
+    dispersion = np.full(n_rows, np.nan)
+    for first in range(0, n_rows, CHUNK_ROWS):
+        rows = slice(first, first + CHUNK_ROWS)
+        model[rows], dispersion[rows] = _fit_chunk(flux[rows], ivar[rows], loglam, z[rows],
+                                                   basis)
+    return StellarContinuum(model, dispersion)
 
 
 def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
-               padded: np.ndarray, powers: np.ndarray, loglam0: float) -> np.ndarray:
-    """:func:`fit_stellar_continuum` of one chunk of rows; ``padded`` is the basis with
-    ``P`` zero pixels at each end, ``(K, N + 2P)``, ``powers`` the polynomial terms
-    ``(Q, P)``.
-
-    The design matrix of a spectrum is its ``K`` shifted stars, each one contiguous window
-    of the zero-padded basis (pixels beyond the templates are 0 and not covered), and the
-    ``Q`` polynomial terms; the compiled :func:`_normal_equations` forms its normal
-    equations from those rows in place, with nothing copied per spectrum."""
+               basis: DispersionBasis) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`fit_stellar_continuum` of one chunk: the model ``(b, P)`` and the dispersion
+    ``(b,)``."""
     n_rows, n_pix = flux.shape
-    n_stars, n_rest = padded.shape[0], padded.shape[1] - 2 * n_pix
-    n_dim = n_stars + powers.shape[0]
-    step = (loglam[-1] - loglam[0]) / (n_pix - 1)
-    zs = np.where(np.isfinite(z), z, 0.0)
-    start = np.round((loglam[0] - np.log10(1 + zs) - loglam0) / step).astype(np.int64)
-    offset = np.clip(start + n_pix, 0, n_rest + n_pix)
-    pixel = np.arange(n_pix)[None, :]
-    covered = (pixel >= -start[:, None]) & (pixel < n_rest - start[:, None])  # (B, P)
-    w = np.where(_far_from_lines(loglam, zs) & covered & np.isfinite(flux), ivar,
-                 0.0).astype(np.float64)
-    f = np.nan_to_num(flux.astype(np.float64))
-    normal = np.empty((n_rows, n_dim, n_dim))
-    rhs = np.empty((n_rows, n_dim))
-    _normal_equations(padded, offset, powers, f, w, normal, rhs)
-    scale = np.einsum("bii->b", normal)[:, None, None] / n_dim
-    normal = normal + 1e-9 * np.maximum(scale, 1e-300) * np.eye(n_dim)
-    coefficients = np.linalg.solve(normal, rhs[..., None])[..., 0]
-    continuum = np.empty((n_rows, n_pix))
-    _model(padded, offset, powers, coefficients, continuum)
-    enough = (w > 0).sum(axis=1) > 4 * n_dim
-    return np.where((enough & np.isfinite(z))[:, None] & covered, continuum, np.nan)
+    n_rest = basis.n_pix
+    ok = np.isfinite(z)
+    # template pixel of each galaxy's observed pixel 0
+    shift = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - basis.loglam0)
+                     / basis.dloglam).astype(np.int64)
+    w = np.empty((n_rows, n_rest))
+    wf = np.empty((n_rows, n_rest))
+    wff = np.empty(n_rows)
+    _rest_frame(_as_floats(flux), _as_floats(ivar), shift, basis.fitted, w, wf, wff)
+    # only galaxies with enough pixels on the templates are fitted
+    fitted = np.flatnonzero(ok & ((w > 0).sum(axis=1) > 4 * (EIGEN_COLUMNS + POLY_TERMS)))
+    w, wf, wff = w[fitted], wf[fitted], wff[fitted]
+    # the dispersion: χ² of the search model on the coarse grid, then the parabola
+    search = np.arange(0, len(DISPERSIONS_KMS), SEARCH_EVERY)
+    chi2 = np.stack([_search_chi2(w, wf, wff, basis.design(s, SEARCH_COLUMNS))
+                     for s in search], axis=1)                               # (b', S')
+    best = _parabola_minimum(chi2)
+    model_rest = np.empty((fitted.size, n_rest))
+    for s in np.unique(best):
+        rows = np.flatnonzero(best == s)
+        model_rest[rows] = _model(w[rows], wf[rows], basis.design(s, EIGEN_COLUMNS))
+    model = np.full((n_rows, n_pix), np.nan)
+    model[fitted] = _to_observed(model_rest, shift[fitted], n_pix)
+    dispersion = np.full(n_rows, np.nan)
+    dispersion[fitted] = DISPERSIONS_KMS[best]
+    return model, dispersion
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
-    """Σ a·b of two float64 vectors of one length (vectorized: fastmath reorders).
-
-    Each compiled module keeps its own: numba's on-disk cache notices changes to a
-    module's own file only, not to jitted functions it calls from other files."""
-    total = 0.0
-    for n in range(a.size):
-        total += a[n] * b[n]
-    return total
+def _as_floats(array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous float32 or float64 array (float32 stays float32)."""
+    return np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float32
+                                else np.float64)
 
 
 @numba.njit(cache=True, nogil=True)
-def _design_row(padded: np.ndarray, offset: int, powers: np.ndarray, index: int,
-                n_pix: int) -> np.ndarray:  # pragma: no cover - compiled
-    """Design row ``index`` of a spectrum whose stars start at ``offset`` of ``padded``:
-    a star's window, then the polynomial terms."""
-    n_stars = padded.shape[0]
-    if index < n_stars:
-        return padded[index, offset:offset + n_pix]
-    return powers[index - n_stars, :n_pix]
+def _rest_frame(flux: np.ndarray, ivar: np.ndarray, shift: np.ndarray, fitted: np.ndarray,
+                w: np.ndarray, wf: np.ndarray, wff: np.ndarray,
+                ) -> None:  # pragma: no cover - compiled
+    """Each galaxy on the templates' grid, in place: its weights ``w`` and weighted flux
+    ``wf`` ``(b, N)`` at template pixel ``t`` (observed pixel ``t − shift``; 0 off its
+    spectrum, on pixels not ``fitted`` and where flux or ivar is not finite), and
+    ``wff`` ``(b,)`` = Σ w f², in float64."""
+    n_rows, n_pix = flux.shape
+    for b in range(n_rows):
+        total = 0.0
+        for t in range(fitted.size):
+            p = t - shift[b]
+            weight = 0.0
+            value = 0.0
+            if fitted[t] and 0 <= p < n_pix:
+                f_p = np.float64(flux[b, p])
+                w_p = np.float64(ivar[b, p])
+                if np.isfinite(f_p) and np.isfinite(w_p):
+                    weight = w_p
+                    if w_p > 0:
+                        value = f_p
+            w[b, t] = weight
+            wf[b, t] = weight * value
+            total += weight * value * value
+        wff[b] = total
 
 
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _normal_equations(padded: np.ndarray, offsets: np.ndarray, powers: np.ndarray,
-                      f: np.ndarray, w: np.ndarray, normal: np.ndarray, rhs: np.ndarray,
-                      ) -> None:  # pragma: no cover - compiled
-    """Per row, in place: ``normal`` ``(B, D, D)`` ``Σ w x_a x_b`` and ``rhs`` ``(B, D)``
-    ``Σ w x_a f`` over the ``D = K + Q`` design rows (:func:`_design_row`; ``offsets``
-    ``(B,)`` where each row's stars start in ``padded``), in float64."""
-    n_rows, n_pix = f.shape
-    n_dim = padded.shape[0] + powers.shape[0]
-    weighted = np.empty((n_dim, n_pix))
-    for i in range(n_rows):
-        w_i = w[i]
-        for a in range(n_dim):
-            x_a = _design_row(padded, offsets[i], powers, a, n_pix)
-            wx_a = weighted[a]
-            for n in range(n_pix):
-                wx_a[n] = w_i[n] * x_a[n]
-            rhs[i, a] = _dot(wx_a, f[i])
-        for a in range(n_dim):
-            for b in range(a, n_dim):
-                value = _dot(weighted[a], _design_row(padded, offsets[i], powers, b, n_pix))
-                normal[i, a, b] = value
-                normal[i, b, a] = value
-
-
-@numba.njit(cache=True, nogil=True, fastmath=True)
-def _model(padded: np.ndarray, offsets: np.ndarray, powers: np.ndarray,
-           coefficients: np.ndarray, out: np.ndarray) -> None:  # pragma: no cover - compiled
-    """Per row, in place: ``out`` ``(B, P)`` = Σ ``coefficients[:, a]`` × design row ``a``."""
-    n_rows, n_pix = out.shape
-    n_dim = padded.shape[0] + powers.shape[0]
-    for i in range(n_rows):
-        out_i = out[i]
-        out_i[:] = 0.0
-        for a in range(n_dim):
-            c = coefficients[i, a]
-            x_a = _design_row(padded, offsets[i], powers, a, n_pix)
-            for n in range(n_pix):
-                out_i[n] += c * x_a[n]
+@numba.njit(cache=True, nogil=True)
+def _to_observed(model_rest: np.ndarray, shift: np.ndarray,
+                 n_pix: int) -> np.ndarray:  # pragma: no cover - compiled
+    """The models ``(b, N)`` on the templates' grid back on the galaxies' pixels ``(b,
+    P)``: observed pixel ``p`` is template pixel ``p + shift``; NaN beyond the templates
+    and on their :data:`EDGE_PIXELS` end pixels."""
+    n_rows, n_rest = model_rest.shape
+    out = np.full((n_rows, n_pix), np.nan)
+    for b in range(n_rows):
+        for p in range(n_pix):
+            t = p + shift[b]
+            if EDGE_PIXELS <= t < n_rest - EDGE_PIXELS:
+                out[b, p] = model_rest[b, t]
+    return out
 
 
 def load_kernels() -> None:
     """Load the compiled kernels now (numba's on-disk cache; compiled on the first call
     after an install), so that the cost is paid at set-up, not by the first batch."""
-    padded, powers = np.ones((2, 9)), np.ones((1, 3))
-    f = np.ones((1, 3))
-    _fit_chunk(f.astype(np.float32), f.astype(np.float32), np.arange(3) * 1e-4,
-               np.zeros(1), padded, powers, 0.0)
+    one = np.ones((1, 3), dtype=np.float32)
+    w, wf, wff = np.empty((1, 3)), np.empty((1, 3)), np.empty(1)
+    for flux in (one, one.astype(np.float64)):
+        _rest_frame(flux, flux, np.zeros(1, dtype=np.int64), np.ones(3, dtype=bool), w, wf,
+                    wff)
+    _to_observed(w, np.zeros(1, dtype=np.int64), 3)
 
 
-def _far_from_lines(loglam: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """``(B, P)`` bool: pixels more than :data:`MASK_HALF_WIDTH_KMS` from every line of
-    :data:`MASKED_LINES` (in ln λ, rest frame) at redshifts ``z`` ``(B,)``.
+def _parabola_minimum(chi2: np.ndarray) -> np.ndarray:
+    """Index ``(b,)`` into the full dispersion grid nearest the minimum of the parabola
+    through the lowest of ``chi2`` ``(b, S')`` (on every :data:`SEARCH_EVERY`-th
+    dispersion) and its two neighbours; at the grid's ends, the end itself (``vdispfit``
+    mirrors the grid at 0, which puts the minimum there)."""
+    n_search = chi2.shape[1]
+    chi2 = np.where(np.isfinite(chi2), chi2, np.inf)
+    lowest = np.argmin(chi2, axis=1)
+    inner = np.clip(lowest, 1, n_search - 2)
+    left, mid, right = (np.take_along_axis(chi2, (inner + k)[:, None], 1)[:, 0]
+                        for k in (-1, 0, 1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        curvature = left - 2 * mid + right
+        offset = np.where(curvature > 0, 0.5 * (left - right) / curvature, 0.0)
+    offset = np.clip(np.nan_to_num(offset), -1.0, 1.0)
+    at_end = (lowest == 0) | (lowest == n_search - 1)
+    position = np.where(at_end, lowest, inner + offset)                     # search units
+    return np.clip(np.round(position * SEARCH_EVERY).astype(np.int64), 0,
+                   len(DISPERSIONS_KMS) - 1)
 
-    Each line leaves out one run of pixels, found on the grid by bisection; the runs are
-    marked with +1 at their first pixel and −1 after their last, and a cumulative sum
-    over the pixels counts the lines each pixel is near."""
-    ln_grid = np.log(10.0) * np.asarray(loglam, dtype=np.float64)
-    half_width = MASK_HALF_WIDTH_KMS / C_KMS
-    centre = np.log(np.asarray(MASKED_LINES))[None, :] + np.log1p(z)[:, None]  # (B, L)
-    first = np.searchsorted(ln_grid, (centre - half_width).ravel(), side="left")
-    after = np.searchsorted(ln_grid, (centre + half_width).ravel(), side="right")
-    rows = np.repeat(np.arange(z.size), len(MASKED_LINES))
-    marks = np.zeros((z.size, ln_grid.size + 1), dtype=np.int32)
-    np.add.at(marks, (rows, first), 1)
-    np.add.at(marks, (rows, after), -1)
-    return np.cumsum(marks[:, :-1], axis=1) == 0
+
+def _normal_solve(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """Solve normal equations ``(b, D, D)`` for ``rhs`` ``(b, D)``, with a ridge of 1e-12
+    of the mean diagonal against a singular matrix."""
+    n_dim = normal.shape[1]
+    scale = np.einsum("bii->b", normal)[:, None, None] / n_dim
+    normal = normal + 1e-12 * np.maximum(scale, 1e-300) * np.eye(n_dim)
+    return np.linalg.solve(normal, rhs[..., None])[..., 0]
+
+
+def _normal_equations(w: np.ndarray, wf: np.ndarray, design: np.ndarray,
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The normal matrices ``(b, D, D)`` and right-hand sides ``(b, D)`` of the weighted
+    least-squares fit of the shared design rows ``(D, N)`` to ``b`` galaxies (weights
+    ``w``, weighted fluxes ``wf`` ``(b, N)``): the weights times the design rows' pairwise
+    products (each pair once), one matrix product for all galaxies."""
+    n_dim, n_pix = design.shape
+    pairs = np.empty((n_dim * (n_dim + 1) // 2, n_pix))
+    first = 0
+    for row in range(n_dim):                       # pairs (row, row), (row, row + 1), …
+        pairs[first:first + n_dim - row] = design[row] * design[row:]
+        first += n_dim - row
+    return (w @ pairs.T)[:, _pair_index(n_dim)], wf @ design.T
+
+
+@cache
+def _pair_index(n_dim: int) -> np.ndarray:
+    """``(D, D)`` index of the pair ``(a, b)`` in :func:`_normal_equations`' order."""
+    upper = np.triu_indices(n_dim)
+    index = np.empty((n_dim, n_dim), dtype=np.int64)
+    index[upper] = np.arange(upper[0].size)
+    index[upper[1], upper[0]] = index[upper]
+    return index
+
+
+def _search_chi2(w: np.ndarray, wf: np.ndarray, wff: np.ndarray, design: np.ndarray,
+                 ) -> np.ndarray:
+    """χ² ``(b,)`` of the fit of the design rows ``(D, N)`` to ``b`` galaxies (weights
+    ``w``, weighted fluxes ``wf`` ``(b, N)``, ``Σ w f²`` ``wff`` ``(b,)``)."""
+    normal, rhs = _normal_equations(w, wf, design)
+    return wff - np.einsum("bd,bd->b", rhs, _normal_solve(normal, rhs))
+
+
+def _model(w: np.ndarray, wf: np.ndarray, design: np.ndarray) -> np.ndarray:
+    """The model ``(b, N)`` of the design rows ``(D, N)`` fitted to ``b`` galaxies
+    (weights ``w``, weighted fluxes ``wf`` ``(b, N)``). Few galaxies share a dispersion,
+    so here each galaxy's weighted design rows are formed (:data:`MODEL_ROWS` at a time)
+    and all their normal matrices are one matrix product with the design, where the
+    pairwise products of :func:`_normal_equations` would cost more to form than they
+    save."""
+    n_rows, n_dim = w.shape[0], design.shape[0]
+    normal = np.empty((n_rows, n_dim, n_dim))
+    for first in range(0, n_rows, MODEL_ROWS):
+        part = slice(first, first + MODEL_ROWS)
+        weighted = design[None] * w[part, None, :]                           # (m, D, N)
+        product = design @ weighted.reshape(-1, w.shape[1]).T                # (D, m D)
+        normal[part] = product.reshape(n_dim, -1, n_dim).transpose(1, 0, 2)
+    return _normal_solve(normal, wf @ design.T) @ design

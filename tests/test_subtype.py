@@ -162,61 +162,132 @@ def test_the_stage_fills_subtype_and_the_line_columns(subtyped):
     assert np.all(np.isnan(np.asarray(results["STAR_TEMPLATE_RCHI2"])[~stars]))
 
 
+def test_bad_continuum_templates_are_a_config_error(tmp_path):
+    """A continuum-templates file that is not one, or has fewer eigenspectra than the fit
+    takes, is refused at set-up with its name."""
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.models.star_templates import write_star_templates
+    from gasnet_plugin.stellar_continuum import load_continuum_templates
+
+    (tmp_path / "bad.asdf").write_bytes(b"not asdf")
+    short = load_continuum_templates()
+    short.flux = short.flux[:3]
+    short.names = short.names[:3]
+    write_star_templates(short, tmp_path / "three.asdf")
+    for name, message in (("bad.asdf", "bad.asdf"),
+                          ("three.asdf", r"three\.asdf: .* 3 rows, 24 are needed")):
+        config = {"stages": ["resample", "classify", "redshift-scan", "reconstruct",
+                             {"subtype": {"continuum_templates": str(tmp_path / name)}}]}
+        with pytest.raises(ConfigError, match=message):
+            run_pipeline(config, [str(DATA / "spec-0266-51602-0013.fits")])
+
+
+def _galaxy_grid(n_pix: int = 4076) -> np.ndarray:
+    return np.log10(3700.0) + 1e-4 * np.arange(n_pix)
+
+
 def test_galaxy_continuum_in_chunks_equals_one_fit(monkeypatch):
-    """The stellar continuum fitted in chunks of rows is the one fitted all at once, bit
-    for bit (each row's normal equations are its own)."""
+    """The stellar continuum fitted in chunks of rows is the one fitted all at once, to
+    float64 rounding (each row's normal equations are its own; the matrix products that
+    form them sum in an order that can depend on how many rows they hold)."""
     import gasnet_plugin.stellar_continuum as continuum
 
-    templates = load_star_templates("default")
-    basis = continuum.broadened_basis(templates)
     rng = np.random.default_rng(3)
-    loglam = np.log10(3700.0) + templates.dloglam * np.arange(3000)
+    loglam = _galaxy_grid(3000)
     n_rows = 2 * continuum.CHUNK_ROWS + 5
     flux = (1 + 0.1 * rng.standard_normal((n_rows, loglam.size))).astype(np.float32)
     ivar = rng.uniform(0.5, 2.0, flux.shape).astype(np.float32)
     z = rng.uniform(0.0, 0.4, n_rows)
     z[4] = np.nan
-    chunked = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
+    chunked = continuum.fit_stellar_continuum(flux, ivar, loglam, z)
     monkeypatch.setattr(continuum, "CHUNK_ROWS", 10 * n_rows)
-    whole = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
-    assert np.isnan(chunked[4]).all() and np.isfinite(chunked[0]).any()
-    np.testing.assert_array_equal(chunked, whole)
+    monkeypatch.setattr(continuum, "MODEL_ROWS", 3)
+    whole = continuum.fit_stellar_continuum(flux, ivar, loglam, z)
+    assert np.isnan(chunked.model[4]).all() and np.isnan(chunked.dispersion_kms[4])
+    assert np.isfinite(chunked.model[0]).any()
+    np.testing.assert_allclose(chunked.model, whole.model, rtol=1e-10, atol=0)
+    np.testing.assert_array_equal(chunked.dispersion_kms, whole.dispersion_kms)
 
 
-def test_galaxy_continuum_is_the_weighted_least_squares_fit():
-    """The continuum formed from the normal equations' blocks is the model of a float64
-    weighted least-squares fit of the shifted stars and the polynomial, built pixel by
-    pixel, with the emission-line pixels and the pixels beyond the stars left out."""
+def test_galaxy_continuum_is_sdss_vdispfit_by_least_squares():
+    """Each galaxy's dispersion and continuum are those of float64 least-squares fits built
+    pixel by pixel: the search eigenspectra and polynomials at every searched dispersion,
+    the parabola through the lowest χ² and its neighbours, then all the eigenspectra at the
+    grid dispersion nearest its minimum; emission-line pixels, the templates' end pixels
+    and pixels beyond the templates are left out, and the model is NaN beyond them."""
     import gasnet_plugin.stellar_continuum as continuum
 
-    templates = load_star_templates("default")
-    basis = continuum.broadened_basis(templates)
+    basis = continuum.default_dispersion_basis()
     rng = np.random.default_rng(5)
-    loglam = np.log10(3700.0) + templates.dloglam * np.arange(3000)
+    loglam = _galaxy_grid(3000)
     z = np.array([0.05, 0.21, 0.37])
     flux = (1 + 0.2 * rng.standard_normal((z.size, loglam.size))).astype(np.float32)
     ivar = rng.uniform(0.5, 2.0, flux.shape).astype(np.float32)
     ivar[1, 100:300] = 0
-    got = continuum.fit_stellar_continuum(flux, ivar, loglam, z, basis, templates.loglam0)
-    ln_wave = np.log(10.0) * loglam
-    x = np.linspace(-1, 1, loglam.size)
+    got = continuum.fit_stellar_continuum(flux, ivar, loglam, z)
+    rest_loglam = basis.loglam0 + basis.dloglam * np.arange(basis.n_pix)
+    masked_lines = np.log10(continuum.air_to_vacuum(np.array(continuum.MASKED_LINES_AIR)))
+    searched = np.arange(0, continuum.DISPERSIONS_KMS.size, continuum.SEARCH_EVERY)
     for row in range(z.size):
-        # each star at this redshift, pixel by pixel from the rest-frame basis grid
-        pixel = np.round((loglam - np.log10(1 + z[row]) - templates.loglam0)
-                         / templates.dloglam).astype(int)
-        covered = (pixel >= 0) & (pixel < basis.shape[1])
-        stars = np.where(covered, basis[:, np.clip(pixel, 0, basis.shape[1] - 1)], 0.0)
-        design = np.vstack([stars, [x**k for k in range(continuum.POLY_DEGREE + 1)]])
-        rest = ln_wave - np.log1p(z[row])
-        near = np.zeros(loglam.size, dtype=bool)
-        for line in continuum.MASKED_LINES:
-            near |= np.abs(rest - np.log(line)) <= continuum.MASK_HALF_WIDTH_KMS / C_KMS
-        w = np.where(covered & ~near, ivar[row], 0.0).astype(np.float64)
+        pixel = np.round((loglam - np.log10(1 + z[row]) - basis.loglam0)
+                         / basis.dloglam).astype(int)
+        covered = (pixel >= continuum.EDGE_PIXELS) & (
+            pixel < basis.n_pix - continuum.EDGE_PIXELS)
+        near_line = np.zeros(loglam.size, dtype=bool)
+        for line in masked_lines:
+            near_line |= np.abs(rest_loglam[np.clip(pixel, 0, basis.n_pix - 1)] - line) <= (
+                continuum.MASK_HALF_WIDTH_DLOGLAM)
+        w = np.where(covered & ~near_line, ivar[row], 0.0).astype(np.float64)
         root = np.sqrt(w)
-        coef = np.linalg.lstsq((design * root).T, flux[row] * root, rcond=None)[0]
-        expected = np.where(covered, coef @ design, np.nan)
-        np.testing.assert_allclose(got[row], expected, rtol=1e-6, atol=1e-6)
-        assert np.isnan(got[row][~covered]).all()
+        clipped = np.clip(pixel, 0, basis.n_pix - 1)
+
+        def fit(dispersion: int, columns: int, row=row, clipped=clipped, root=root):
+            design = basis.design(dispersion, columns)[:, clipped]
+            coef = np.linalg.lstsq((design * root).T, flux[row] * root, rcond=None)[0]
+            return coef @ design, np.sum((root * (flux[row] - coef @ design)) ** 2)
+
+        chi2 = np.array([fit(s, continuum.SEARCH_COLUMNS)[1] for s in searched])
+        low = int(np.argmin(chi2))
+        if 0 < low < chi2.size - 1:
+            left, mid, right = chi2[low - 1:low + 2]
+            position = low + 0.5 * (left - right) / (left - 2 * mid + right)
+        else:
+            position = low
+        best = int(np.round(position * continuum.SEARCH_EVERY))
+        assert got.dispersion_kms[row] == continuum.DISPERSIONS_KMS[best]
+        expected = np.where(covered, fit(best, continuum.EIGEN_COLUMNS)[0], np.nan)
+        np.testing.assert_allclose(got.model[row], expected, rtol=1e-6, atol=1e-6)
+        assert np.isnan(got.model[row][~covered]).all()
+
+
+def test_galaxy_continuum_finds_the_dispersion_and_ignores_emission_lines():
+    """A galaxy made of the eigenspectra broadened to 200 km/s, with noise and strong
+    emission lines, gets its dispersion back to one grid step, and a continuum that the
+    lines do not pull up (they are left out of the fit)."""
+    import gasnet_plugin.stellar_continuum as continuum
+
+    basis = continuum.default_dispersion_basis()
+    rng = np.random.default_rng(8)
+    loglam = _galaxy_grid()
+    z = np.full(6, 0.08)
+    true = int(np.flatnonzero(continuum.DISPERSIONS_KMS == 200.0)[0])
+    coef = np.zeros((z.size, continuum.EIGEN_COLUMNS))
+    coef[:, 0] = 1.0
+    coef[:, 1:4] = 0.3 * rng.standard_normal((z.size, 3))
+    galaxy_rest = coef @ basis.broadened[true].astype(np.float64)
+    galaxy_rest = 10 + galaxy_rest / np.abs(galaxy_rest).mean(axis=1, keepdims=True)
+    pixel = np.round((loglam - np.log10(1.08) - basis.loglam0) / basis.dloglam).astype(int)
+    inside = (pixel >= 0) & (pixel < basis.n_pix)
+    clean = np.where(inside, galaxy_rest[:, np.clip(pixel, 0, basis.n_pix - 1)], 10.0)
+    lines = sum(gaussian(loglam, rest * 1.08, 120.0, 40.0)
+                for rest in (4862.68, 5008.24, 6564.61, 6585.27))
+    noise = 0.02
+    flux = (clean + lines + noise * rng.standard_normal(clean.shape)).astype(np.float32)
+    ivar = np.full(flux.shape, noise**-2, np.float32)
+    got = continuum.fit_stellar_continuum(flux, ivar, loglam, z)
+    assert np.all(np.abs(got.dispersion_kms - 200.0) <= 25.0)
+    halpha = np.abs(10**loglam - 6564.61 * 1.08) < 5.0
+    assert np.all(np.abs(got.model[:, halpha] - clean[:, halpha]) < 0.05)
 
 
 def test_star_template_chi2_is_each_templates_least_squares_fit():

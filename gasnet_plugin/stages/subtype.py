@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from gasnet_plugin.host.batch import SpectrumBatch
     from gasnet_plugin.host.registry import Registry
     from gasnet_plugin.models.star_templates import StarTemplates
+    from gasnet_plugin.stellar_continuum import DispersionBasis
 
 UNITS = {"FLUX": "FLUX_UNIT × Å", "FLUX_ERR": "FLUX_UNIT × Å", "EW": "Angstrom",
          "EW_ERR": "Angstrom", "SIGMA": "km / s", "SIGMA_ERR": "km / s"}
@@ -56,6 +57,10 @@ class SubtypeStage(Stage):
         "star_templates": {"type": "string", "default": "default",
                            "description": "named stellar templates (ASDF) or 'default' "
                                           "(SDSS spEigenStar-55734, 123 spectra)"},
+        "continuum_templates": {"type": "string", "default": "default",
+                                "description": "eigenspectra (ASDF, star-templates format) "
+                                               "of the galaxies' stellar continuum, or "
+                                               "'default' (SDSS spEigenElodie, 24 columns)"},
         "broadline_is_qso": {"type": "boolean", "default": True,
                              "description": "call a GALAXY whose broad Balmer line dominates "
                                             "QSO, as SDSS and Redrock do"},
@@ -64,7 +69,7 @@ class SubtypeStage(Stage):
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
         self.templates: StarTemplates | None = None
-        self.galaxy_basis: np.ndarray | None = None
+        self.galaxy_basis: DispersionBasis | None = None
         self._blas: Any = None          # threadpoolctl.ThreadpoolController (setup)
         self._units: dict[str, Any] = {}  # quantity -> astropy unit (parsed once)
 
@@ -73,18 +78,22 @@ class SubtypeStage(Stage):
         from gasnet_plugin.line_fit_kernels import load_kernels as load_line_kernels
         from gasnet_plugin.models.star_fit_kernels import load_kernels as load_star_kernels
         from gasnet_plugin.models.star_templates import StarTemplatesError, load_star_templates
-        from gasnet_plugin.stellar_continuum import BASIS, broadened_basis, load_kernels
+        from gasnet_plugin.stellar_continuum import (
+            default_dispersion_basis,
+            dispersion_basis,
+            load_continuum_templates,
+            load_kernels,
+        )
 
+        continuum = self.params["continuum_templates"]
         try:
             self.templates = load_star_templates(self.params["star_templates"])
+            self.galaxy_basis = (default_dispersion_basis() if continuum == "default" else
+                                 dispersion_basis(load_continuum_templates(continuum)))
         except StarTemplatesError as exc:
             raise ConfigError(f"stage 'subtype': {exc}") from None
-        missing = [name for name in BASIS if name not in self.templates.names]
-        if missing:
-            raise ConfigError(f"stage 'subtype': star templates "
-                              f"{self.params['star_templates']!r} lack {missing}, the galaxy "
-                              "continuum basis")
-        self.galaxy_basis = broadened_basis(self.templates)
+        except ValueError as exc:
+            raise ConfigError(f"stage 'subtype': {continuum}: {exc}") from None
         load_kernels()          # numba loads here, once, not with the first batch
         load_line_kernels()
         load_star_kernels()
@@ -129,8 +138,7 @@ class SubtypeStage(Stage):
         if galaxies.any():
             rows = emitting[galaxies]
             continuum[galaxies] = fit_stellar_continuum(
-                flux[rows], ivar[rows], loglam, z[rows], self.galaxy_basis,
-                self.templates.loglam0)
+                flux[rows], ivar[rows], loglam, z[rows], self.galaxy_basis).model
         lines = measure_lines(flux[emitting], ivar[emitting], loglam, z[emitting], continuum)
         for name in line_names():
             for quantity in QUANTITIES:
