@@ -182,6 +182,28 @@ def test_bad_continuum_templates_are_a_config_error(tmp_path):
             run_pipeline(config, [str(DATA / "spec-0266-51602-0013.fits")])
 
 
+def test_eigenspectra_are_read_from_an_idlspec2d_file_and_written_back(tmp_path):
+    """``spEigenElodie``-like FITS (eigenspectra in HDU 0, grid in COEFF0/COEFF1): the
+    first rows are kept with their grid, and survive the star-templates file format."""
+    from astropy.io import fits
+
+    from gasnet_plugin.models.star_templates import write_star_templates
+    from gasnet_plugin.stellar_continuum import (
+        eigenspectra_from_idlspec2d,
+        load_continuum_templates,
+    )
+
+    eigen = np.arange(30 * 50, dtype=np.float32).reshape(30, 50)
+    header = fits.Header({"COEFF0": 3.6155, "COEFF1": 1e-4})
+    fits.PrimaryHDU(eigen, header).writeto(tmp_path / "spEigenElodie.fits")
+    read = eigenspectra_from_idlspec2d(tmp_path / "spEigenElodie.fits", columns=24)
+    assert read.flux.shape == (24, 50) and np.array_equal(read.flux, eigen[:24])
+    assert (read.loglam0, read.dloglam) == (3.6155, 1e-4)
+    assert read.source == "spEigenElodie.fits, columns 0-23"
+    back = load_continuum_templates(write_star_templates(read, tmp_path / "e.asdf"))
+    assert back.names == read.names and np.array_equal(back.flux, read.flux)
+
+
 def _galaxy_grid(n_pix: int = 4076) -> np.ndarray:
     return np.log10(3700.0) + 1e-4 * np.arange(n_pix)
 
