@@ -96,9 +96,11 @@ class DispersionBasis:
     ----------
     loglam0, dloglam
         log10 Å of the templates' first pixel, and their step.
+    dispersions_kms
+        ``(S,)`` the dispersions, km/s (:data:`DISPERSIONS_KMS`).
     broadened
         ``(S, E, N)`` float32: the ``E`` eigenspectra (each scaled to unit RMS) broadened
-        to each of the ``S`` dispersions of :data:`DISPERSIONS_KMS`.
+        to each of the ``S`` dispersions.
     poly
         ``(Q, N)`` float64 Legendre polynomials of degree 0 … Q−1 across the ``N`` pixels
         (on any galaxy's pixels they span the same functions as ``vdispfit``'s).
@@ -108,6 +110,7 @@ class DispersionBasis:
 
     loglam0: float
     dloglam: float
+    dispersions_kms: np.ndarray
     broadened: np.ndarray
     poly: np.ndarray
     fitted: np.ndarray
@@ -132,7 +135,11 @@ def dispersion_basis(templates: StarTemplates, columns: int = EIGEN_COLUMNS,
         raise ValueError(f"continuum templates {templates.source!r} have "
                          f"{templates.flux.shape[0]} rows, {columns} are needed")
     eigen = templates.flux[:columns].astype(np.float64)
-    eigen = eigen / np.sqrt(np.mean(eigen**2, axis=1, keepdims=True))
+    rms = np.sqrt(np.mean(eigen**2, axis=1, keepdims=True))
+    if not np.all(rms > 0):
+        raise ValueError(f"continuum templates {templates.source!r}: eigenspectra "
+                         f"{np.flatnonzero(~(rms[:, 0] > 0)).tolist()} are all zero")
+    eigen = eigen / rms
     pixel_kms = (10**templates.dloglam - 1) * C_KMS
     broadened = np.stack([
         eigen if sigma == 0 else gaussian_filter1d(eigen, sigma / pixel_kms, axis=1,
@@ -146,8 +153,9 @@ def dispersion_basis(templates: StarTemplates, columns: int = EIGEN_COLUMNS,
         fitted &= np.abs(loglam - line) > MASK_HALF_WIDTH_DLOGLAM
     x = np.linspace(-1, 1, n_pix)
     poly = np.polynomial.legendre.legvander(x, POLY_TERMS - 1).T.copy()
-    return DispersionBasis(float(templates.loglam0), float(templates.dloglam), broadened,
-                           poly, fitted)
+    return DispersionBasis(float(templates.loglam0), float(templates.dloglam),
+                           np.asarray(dispersions_kms, dtype=np.float64), broadened, poly,
+                           fitted)
 
 
 @cache
@@ -182,7 +190,7 @@ def eigenspectra_from_idlspec2d(path: str | os.PathLike[str],
 class StellarContinuum:
     """The continuum fit of ``B`` galaxies: the model ``(B, P)`` on their grid (NaN where
     not fitted) and the dispersion it was fitted at ``(B,)`` (km/s, on the grid of
-    :data:`DISPERSIONS_KMS`; NaN where not fitted)."""
+    the basis's dispersions, :data:`DISPERSIONS_KMS` by default; NaN where not fitted)."""
 
     model: np.ndarray
     dispersion_kms: np.ndarray
@@ -237,10 +245,11 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     fitted = np.flatnonzero(ok & ((w > 0).sum(axis=1) > 4 * (EIGEN_COLUMNS + POLY_TERMS)))
     w, wf, wff = w[fitted], wf[fitted], wff[fitted]
     # the dispersion: χ² of the search model on the coarse grid, then the parabola
-    search = np.arange(0, len(DISPERSIONS_KMS), SEARCH_EVERY)
+    n_dispersions = basis.dispersions_kms.size
+    search = np.arange(0, n_dispersions, SEARCH_EVERY)
     chi2 = np.stack([_search_chi2(w, wf, wff, basis.design(s, SEARCH_COLUMNS))
                      for s in search], axis=1)                               # (b', S')
-    best = _parabola_minimum(chi2)
+    best = _parabola_minimum(chi2, n_dispersions)
     model_rest = np.empty((fitted.size, n_rest))
     for s in np.unique(best):
         rows = np.flatnonzero(best == s)
@@ -248,7 +257,7 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     model = np.full((n_rows, n_pix), np.nan)
     model[fitted] = _to_observed(model_rest, shift[fitted], n_pix)
     dispersion = np.full(n_rows, np.nan)
-    dispersion[fitted] = DISPERSIONS_KMS[best]
+    dispersion[fitted] = basis.dispersions_kms[best]
     return model, dispersion
 
 
@@ -313,8 +322,8 @@ def load_kernels() -> None:
     _to_observed(w, np.zeros(1, dtype=np.int64), 3)
 
 
-def _parabola_minimum(chi2: np.ndarray) -> np.ndarray:
-    """Index ``(b,)`` into the full dispersion grid nearest the minimum of the parabola
+def _parabola_minimum(chi2: np.ndarray, n_dispersions: int) -> np.ndarray:
+    """Index ``(b,)`` into the grid of ``n_dispersions`` nearest the minimum of the parabola
     through the lowest of ``chi2`` ``(b, S')`` (on every :data:`SEARCH_EVERY`-th
     dispersion) and its two neighbours; at the grid's ends, the end itself (``vdispfit``
     mirrors the grid at 0, which puts the minimum there)."""
@@ -330,8 +339,7 @@ def _parabola_minimum(chi2: np.ndarray) -> np.ndarray:
     offset = np.clip(np.nan_to_num(offset), -1.0, 1.0)
     at_end = (lowest == 0) | (lowest == n_search - 1)
     position = np.where(at_end, lowest, inner + offset)                     # search units
-    return np.clip(np.round(position * SEARCH_EVERY).astype(np.int64), 0,
-                   len(DISPERSIONS_KMS) - 1)
+    return np.clip(np.round(position * SEARCH_EVERY).astype(np.int64), 0, n_dispersions - 1)
 
 
 def _normal_solve(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:

@@ -85,14 +85,17 @@ class SubtypeStage(Stage):
             load_kernels,
         )
 
-        continuum = self.params["continuum_templates"]
         try:
             self.templates = load_star_templates(self.params["star_templates"])
-            self.galaxy_basis = (default_dispersion_basis() if continuum == "default" else
-                                 dispersion_basis(load_continuum_templates(continuum)))
         except StarTemplatesError as exc:
             raise ConfigError(f"stage 'subtype': {exc}") from None
-        except ValueError as exc:
+        continuum = self.params["continuum_templates"]
+        try:
+            self.galaxy_basis = (default_dispersion_basis() if continuum == "default" else
+                                 dispersion_basis(load_continuum_templates(continuum)))
+        except StarTemplatesError as exc:       # the file itself (its name is in the text)
+            raise ConfigError(f"stage 'subtype': {exc}") from None
+        except ValueError as exc:               # too few eigenspectra in it
             raise ConfigError(f"stage 'subtype': {continuum}: {exc}") from None
         load_kernels()          # numba loads here, once, not with the first batch
         load_line_kernels()
