@@ -50,7 +50,11 @@ import numpy as np
 
 from gasnet_plugin.emission_lines import C_KMS
 from gasnet_plugin.io.wavelength_medium import air_to_vacuum
-from gasnet_plugin.models.star_templates import StarTemplates, load_star_templates
+from gasnet_plugin.models.star_templates import (
+    StarTemplates,
+    as_contiguous_floats,
+    load_star_templates,
+)
 
 DEFAULT_CONTINUUM_TEMPLATES = "sdss-elodie-eigenspectra.asdf"
 """File name of the shipped eigenspectra in ``gasnet_plugin/data`` (the star-templates
@@ -240,7 +244,8 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     w = np.empty((n_rows, n_rest))
     wf = np.empty((n_rows, n_rest))
     wff = np.empty(n_rows)
-    _rest_frame(_as_floats(flux), _as_floats(ivar), shift, basis.fitted, w, wf, wff)
+    _rest_frame(as_contiguous_floats(flux), as_contiguous_floats(ivar), shift,
+                basis.fitted, w, wf, wff)
     # only galaxies with enough pixels on the templates are fitted
     fitted = np.flatnonzero(ok & ((w > 0).sum(axis=1) > 4 * (EIGEN_COLUMNS + POLY_TERMS)))
     w, wf, wff = w[fitted], wf[fitted], wff[fitted]
@@ -259,12 +264,6 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     dispersion = np.full(n_rows, np.nan)
     dispersion[fitted] = basis.dispersions_kms[best]
     return model, dispersion
-
-
-def _as_floats(array: np.ndarray) -> np.ndarray:
-    """``array`` as a contiguous float32 or float64 array (float32 stays float32)."""
-    return np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float32
-                                else np.float64)
 
 
 @numba.njit(cache=True, nogil=True)

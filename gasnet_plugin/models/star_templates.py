@@ -185,8 +185,9 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     return StarFit(index, chi2, chi2 / dof, all_chi2)
 
 
-def _as_floats(array: np.ndarray) -> np.ndarray:
-    """``array`` as a contiguous float32 or float64 array (float32 stays float32)."""
+def as_contiguous_floats(array: np.ndarray) -> np.ndarray:
+    """``array`` as a contiguous float32 or float64 array (float32 stays float32), the
+    inputs the compiled kernels are compiled for."""
     return np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float32
                                 else np.float64)
 
@@ -222,8 +223,9 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     xx = np.empty((n_stars, k, k))
     fx = np.empty((n_stars, k))
     flux_norm = np.empty(n_stars)
-    rest_frame_sides(_as_floats(flux), _as_floats(ivar), (shift - low).astype(np.int64),
-                     t.any(axis=0), powers, sides, xx, fx, flux_norm)
+    rest_frame_sides(as_contiguous_floats(flux), as_contiguous_floats(ivar),
+                     (shift - low).astype(np.int64), t.any(axis=0), powers, sides, xx, fx,
+                     flux_norm)
     tt = sides[:, 0] @ padded_squared[:, window].T                          # (b, T)
     against = (sides.reshape(-1, width) @ t.T).reshape(n_stars, k + 1, n_templates)
     tx = against[:, :k].transpose(0, 2, 1)                                  # (b, T, K)
