@@ -11,9 +11,10 @@ spectrum's flux unit × Å). The narrow lines of a group share one width ``σ_n`
 component (Hα, Hβ) another ``σ_b``; doublets with a fixed ratio ([N II] 6548/6584, [O III]
 4959/5007) are one profile. Widths are taken from grids; for every spectrum and grid point
 the amplitudes are the exact weighted least-squares solution, and the grid point with the
-lowest χ² is kept (its curvature along the grid, in ln σ, gives the width error). The fits
-at every width combination are one compiled pass per spectrum
-(:mod:`gasnet_plugin.line_fit_kernels`); the rest is batched numpy over spectra.
+lowest χ² is kept (its curvature along the grid, in ln σ, gives the width error). Reading
+a group's windows from the batch and the fits at every width combination are compiled
+passes per spectrum (:mod:`gasnet_plugin.line_fit_kernels`); the rest is batched numpy
+over spectra.
 
 Reported per line: ``FLUX`` ± ``FLUX_ERR`` (observed frame), ``EW`` ± ``EW_ERR`` (rest frame,
 Å, positive for emission: flux / continuum at the line / (1 + z)) and ``SIGMA`` ±
@@ -111,19 +112,31 @@ QUANTITIES = ("FLUX", "FLUX_ERR", "EW", "EW_ERR", "SIGMA", "SIGMA_ERR")
 """What is reported per line (column ``<LINE>_<QUANTITY>``)."""
 
 
-def _windows(loglam: np.ndarray, z: np.ndarray, window: tuple[float, float],
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """Pixel indices ``(B, M)`` of each spectrum's observed window and whether each is
-    inside the window and the grid."""
+def _window_starts(loglam: np.ndarray, z: np.ndarray, window: tuple[float, float],
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Where each spectrum's observed window lies on the grid: its first pixel ``(B,)``
+    (int64), its upper end ``(B,)`` (log10 Å) and the window's width in pixels ``M``
+    (:func:`~gasnet_plugin.line_fit_kernels.gather_windows` reads it)."""
     dloglam = (loglam[-1] - loglam[0]) / (loglam.size - 1)
     width = int(np.ceil(np.log10(window[1] / window[0]) / dloglam)) + 1
-    start = np.searchsorted(loglam, np.log10(window[0] * (1 + np.nan_to_num(z, nan=0.0))))
-    index = start[:, None] + np.arange(width)[None, :]
-    inside = index < loglam.size
-    index = np.minimum(index, loglam.size - 1)
-    upper = np.log10(window[1] * (1 + np.nan_to_num(z, nan=0.0)))
-    inside &= loglam[index] <= upper[:, None]
-    return index, inside
+    one_plus_z = 1 + np.nan_to_num(z, nan=0.0)
+    start = np.searchsorted(loglam, np.log10(window[0] * one_plus_z)).astype(np.int64)
+    return start, np.log10(window[1] * one_plus_z), width
+
+
+def _gather(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray | None,
+            loglam: np.ndarray, z: np.ndarray, rows: np.ndarray, start: np.ndarray,
+            upper: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
+    """The windows ``(b, M)`` of the spectra ``rows`` as the fit reads them: flux minus
+    the continuum model, weights, the model, rest wavelength (Å) and its ln (the compiled
+    :func:`~gasnet_plugin.line_fit_kernels.gather_windows`)."""
+    from gasnet_plugin.line_fit_kernels import gather_windows
+
+    out = [np.empty((rows.size, width)) for _ in range(5)]
+    gather_windows(flux, ivar, np.empty((0, 0)) if continuum is None else continuum,
+                   loglam, 10.0**loglam, start, upper, 1 + np.nan_to_num(z, nan=0.0),
+                   rows, *out)
+    return tuple(out)
 
 
 def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
@@ -148,50 +161,39 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         ``"<LINE>_<QUANTITY>"`` → ``(B,)`` float64 (:data:`QUANTITIES`), plus
         ``"<LINE>_DCHI2"`` for the broad components.
     """
+    from gasnet_plugin.line_fit_kernels import count_valid
+    from gasnet_plugin.models.star_templates import as_contiguous_floats
+
     n_rows = flux.shape[0]
     z = np.asarray(z, dtype=np.float64)
     out = {f"{name}_{q}": np.full(n_rows, np.nan) for name in line_names() for q in QUANTITIES}
     out.update({f"{line.name}_DCHI2": np.full(n_rows, np.nan) for group in LINE_GROUPS
                 for line in group.lines if line.kind == "broad"})
-    wave = 10.0 ** loglam
+    flux, ivar = as_contiguous_floats(flux), as_contiguous_floats(ivar)
+    if continuum is not None:
+        continuum = np.ascontiguousarray(continuum, dtype=np.float64)
     for group in LINE_GROUPS:
-        index, inside = _windows(loglam, z, group.window)
-        ivar_window = np.take_along_axis(ivar, index, 1)
-        valid = inside & (ivar_window > 0)
-        covered = np.isfinite(z) & (valid.sum(axis=1) >= max(MIN_PIXELS,
-                                                             MIN_COVERAGE * index.shape[1]))
+        start, upper, width = _window_starts(loglam, z, group.window)
+        n_valid = count_valid(ivar, loglam, start, upper, width)
+        covered = np.isfinite(z) & (n_valid >= max(MIN_PIXELS, MIN_COVERAGE * width))
         rows = np.flatnonzero(covered)
         if rows.size == 0:
             continue
-        fitted = _fit_group(group, flux, ivar_window[rows], wave, z, rows, index[rows],
-                            inside[rows], continuum)
-        for name, values in fitted.items():
+        windows = _gather(flux, ivar, continuum, loglam, z, rows, start, upper, width)
+        for name, values in _fit_group(group, *windows, z[rows]).items():
             out[name][rows] = values
     return out
 
 
-def _fit_group(group: LineGroup, flux: np.ndarray, ivar_window: np.ndarray,
-               wave: np.ndarray, z: np.ndarray, rows: np.ndarray, index: np.ndarray,
-               inside: np.ndarray, continuum: np.ndarray | None) -> dict[str, np.ndarray]:
-    """The measurements of one group's lines in the ``B`` spectra ``rows`` of ``flux``
-    (and ``continuum``), whose windows (``index``, ``inside``, ``(B, M)``; their ivar
-    ``ivar_window``) are covered; ``wave`` is the grid in Å. Only the windows' pixels are
-    read."""
-    n_rows = rows.size
+def _fit_group(group: LineGroup, f: np.ndarray, w: np.ndarray, model: np.ndarray,
+               rest: np.ndarray, ln_rest: np.ndarray, z: np.ndarray,
+               ) -> dict[str, np.ndarray]:
+    """The measurements of one group's lines in ``B`` spectra at redshifts ``z`` ``(B,)``
+    from their windows ``(B, M)`` (:func:`_gather`): flux minus the continuum model,
+    weights, the model, and rest wavelength (Å) and its ln."""
+    n_rows = z.size
     out: dict[str, np.ndarray] = {}
-    pick = rows[:, None]
-    z = z[rows]
-    f = flux[pick, index].astype(np.float64)
-    w = np.where(inside, ivar_window, 0.0).astype(np.float64)
-    w = np.where(np.isfinite(f) & np.isfinite(w), w, 0.0)
-    model = np.zeros_like(f)
-    if continuum is not None:
-        model = continuum[pick, index].astype(np.float64)
-        model = np.where(np.isfinite(model).all(axis=1, keepdims=True), model, 0.0)
-    f = np.where(w > 0, f - model, 0.0)
     one_plus_z = (1 + z)[:, None]
-    rest = wave[index] / one_plus_z
-    ln_rest = np.log(rest)
     grid = _sigma_grid(group)                                       # (S, n_kinds)
     _, chi2, _ = _fit_widths(group, ln_rest, f, w, one_plus_z)      # (B, S)
     kinds = _kinds(group)
@@ -243,8 +245,6 @@ def _fit_group(group: LineGroup, flux: np.ndarray, ivar_window: np.ndarray,
                                      ("EW", ew), ("EW_ERR", ew_err), ("SIGMA", sigma),
                                      ("SIGMA_ERR", sigma_err)):
                 out[f"{name}_{quantity}"] = np.where(usable, values, np.nan)
-
-
     return out
 
 
