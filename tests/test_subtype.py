@@ -182,6 +182,23 @@ def test_bad_continuum_templates_are_a_config_error(tmp_path):
             run_pipeline(config, [str(DATA / "spec-0266-51602-0013.fits")])
 
 
+def test_templates_on_another_pixel_step_are_refused_before_reading(tmp_path):
+    """Templates whose log-λ step is not the batch grid's are a config error at set-up
+    that names them and the step to use (not an error in every batch)."""
+    from gasnet_plugin.host.config import ConfigError
+    from gasnet_plugin.models.star_templates import load_star_templates, write_star_templates
+
+    coarse = load_star_templates()
+    coarse.flux, coarse.dloglam = coarse.flux[:, ::2], 2 * coarse.dloglam
+    write_star_templates(coarse, tmp_path / "coarse.asdf")
+    config = {"stages": ["resample", "classify", "redshift-scan", "reconstruct",
+                         {"subtype": {"star_templates": str(tmp_path / "coarse.asdf")}}]}
+    with pytest.raises(ConfigError, match=r"star_templates '.*coarse\.asdf' have 0\.0002 dex "
+                                          r"pixels, the batch grid 0\.0001 dex: set the "
+                                          r"resample stage's dloglam to 0\.0002"):
+        run_pipeline(config, [str(DATA / "spec-0266-51602-0013.fits")])
+
+
 def test_eigenspectra_are_read_from_an_idlspec2d_file_and_written_back(tmp_path):
     """``spEigenElodie``-like FITS (eigenspectra in HDU 0, grid in COEFF0/COEFF1): the
     first rows are kept with their grid, and survive the star-templates file format."""

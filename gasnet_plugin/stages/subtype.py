@@ -109,6 +109,23 @@ class SubtypeStage(Stage):
         self._units = {quantity: units.Unit(unit) for quantity, unit in UNITS.items()
                        if unit in ("Angstrom", "km / s")}
 
+    def check_grid(self, loglam: np.ndarray) -> None:
+        """Refuse a grid whose step is not the templates' (the fits place a spectrum on
+        the templates' grid by whole pixels), and make the star templates' padded copies
+        for its length now, not in the first batch."""
+        from gasnet_plugin.host.config import ConfigError
+
+        if self.templates is None or self.galaxy_basis is None:
+            raise RuntimeError("subtype: setup() was not called")
+        step = float((loglam[-1] - loglam[0]) / max(loglam.size - 1, 1))
+        for what, dloglam in (("star_templates", self.templates.dloglam),
+                              ("continuum_templates", self.galaxy_basis.dloglam)):
+            if abs(step / dloglam - 1) > 0.01:
+                raise ConfigError(f"{what} {self.params[what]!r} have {dloglam:g} dex "
+                                  f"pixels, the batch grid {step:g} dex: set the resample "
+                                  f"stage's dloglam to {dloglam:g}")
+        self.templates.padded(loglam.size)
+
     def process(self, batch: SpectrumBatch) -> None:
         if self._blas is None:
             raise RuntimeError("subtype: setup() was not called")
