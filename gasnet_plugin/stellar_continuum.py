@@ -30,11 +30,11 @@ tenth of a pixel). The fitted dispersion comes back with the continuum (against 
 Batched: on the templates' grid, a galaxy is its weights ``w`` and weighted flux ``w f``
 (zero off its spectrum and on the masked pixels; one compiled pass per galaxy). The design
 rows (eigenspectra and polynomials) are then the same for every galaxy: the search's normal
-equations for a whole chunk at one dispersion are two matrix products, the weights with
-the pairwise products of the design rows and the weighted fluxes with the design rows; the
-model's, at each galaxy's own dispersion, one matrix product of the design with the
-weighted design rows of the galaxies that share that dispersion. The loops run over
-dispersions, not spectra.
+equations for a whole chunk at every searched dispersion are two matrix products, the
+weights with the design rows' pairwise products and the weighted fluxes with the design
+rows (both made once, with the basis: :class:`SearchRows`); the model's, at each galaxy's
+own dispersion, one matrix product of the design with the weighted design rows of the
+galaxies that share that dispersion. The loops run over dispersions, not spectra.
 """
 
 from __future__ import annotations
@@ -85,11 +85,70 @@ MASK_HALF_WIDTH_DLOGLAM = 6e-4
 EDGE_PIXELS = 4
 """Template pixels left out at each end (their broadening is not complete)."""
 CHUNK_ROWS = 128
-"""Galaxies fitted together: each takes a few template-length float64 rows (~17 kB each);
-the design rows' pairwise products are made once per chunk and dispersion. The results
+"""Galaxies fitted together: each takes a few template-length float64 rows (~17 kB each).
+The results
 are the same at any chunk size to float64 rounding (each row's normal equations are its
 own, but the matrix products that form them may sum in another order for another number of
 rows); a run's chunks are fixed by its batches, so a run repeated gives the same bits."""
+
+
+@dataclass(frozen=True)
+class SearchRows:
+    """The dispersion search's design rows at every searched dispersion, shared by all
+    galaxies, with their pairwise products: the weights times ``pairs`` and the weighted
+    fluxes times ``rows`` are every galaxy's normal equations at every searched
+    dispersion, two matrix products for a whole chunk.
+
+    Attributes
+    ----------
+    dispersions
+        ``(S',)`` indices of the searched dispersions (every :data:`SEARCH_EVERY`-th).
+    rows
+        ``(U, N)`` float64: the polynomials (once), then each searched dispersion's
+        :data:`SEARCH_COLUMNS` eigenspectra.
+    row_index
+        ``(S', D)``: the row of ``rows`` of each design row (eigenspectra, then
+        polynomials, as :meth:`DispersionBasis.design`) at each searched dispersion.
+    pairs
+        ``(R, N)`` float64: the distinct products of two rows that share a design (the
+        polynomials' products once, not once per dispersion).
+    pair_index
+        ``(S', D, D)``: the row of ``pairs`` of each normal-matrix entry.
+    """
+
+    dispersions: np.ndarray
+    rows: np.ndarray
+    row_index: np.ndarray
+    pairs: np.ndarray
+    pair_index: np.ndarray
+
+
+def search_rows(broadened: np.ndarray, poly: np.ndarray, columns: int = SEARCH_COLUMNS,
+                every: int = SEARCH_EVERY) -> SearchRows:
+    """:class:`SearchRows` of the eigenspectra ``broadened`` ``(S, E, N)`` (the first
+    ``columns`` of each) and the polynomials ``poly`` ``(Q, N)``, on every ``every``-th
+    dispersion."""
+    dispersions = np.arange(0, broadened.shape[0], every)
+    n_poly, n_dim = poly.shape[0], columns + poly.shape[0]
+    rows = np.vstack([poly, *(broadened[s, :columns].astype(np.float64)
+                              for s in dispersions)])
+    row_index = np.empty((dispersions.size, n_dim), dtype=np.int64)
+    for k in range(dispersions.size):
+        row_index[k, :columns] = n_poly + k * columns + np.arange(columns)
+        row_index[k, columns:] = np.arange(n_poly)
+    known: dict[tuple[int, int], int] = {}
+    pairs = []
+    pair_index = np.empty((dispersions.size, n_dim, n_dim), dtype=np.int64)
+    for k in range(dispersions.size):
+        for a in range(n_dim):
+            for b in range(a, n_dim):
+                key = (min(row_index[k, a], row_index[k, b]),
+                       max(row_index[k, a], row_index[k, b]))
+                if key not in known:
+                    known[key] = len(pairs)
+                    pairs.append(rows[key[0]] * rows[key[1]])
+                pair_index[k, a, b] = pair_index[k, b, a] = known[key]
+    return SearchRows(dispersions, rows, row_index, np.array(pairs), pair_index)
 
 
 @dataclass(frozen=True)
@@ -110,6 +169,8 @@ class DispersionBasis:
         (on any galaxy's pixels they span the same functions as ``vdispfit``'s).
     fitted
         ``(N,)`` bool: pixels that enter the fit (away from the ends and the lines).
+    search
+        The dispersion search's rows and their products (:func:`search_rows`).
     """
 
     loglam0: float
@@ -118,6 +179,7 @@ class DispersionBasis:
     broadened: np.ndarray
     poly: np.ndarray
     fitted: np.ndarray
+    search: SearchRows
 
     @property
     def n_pix(self) -> int:
@@ -159,7 +221,7 @@ def dispersion_basis(templates: StarTemplates, columns: int = EIGEN_COLUMNS,
     poly = np.polynomial.legendre.legvander(x, POLY_TERMS - 1).T.copy()
     return DispersionBasis(float(templates.loglam0), float(templates.dloglam),
                            np.asarray(dispersions_kms, dtype=np.float64), broadened, poly,
-                           fitted)
+                           fitted, search_rows(broadened, poly))
 
 
 @cache
@@ -251,9 +313,7 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     w, wf, wff = w[fitted], wf[fitted], wff[fitted]
     # the dispersion: χ² of the search model on the coarse grid, then the parabola
     n_dispersions = basis.dispersions_kms.size
-    search = np.arange(0, n_dispersions, SEARCH_EVERY)
-    chi2 = np.stack([_search_chi2(w, wf, wff, basis.design(s, SEARCH_COLUMNS))
-                     for s in search], axis=1)                               # (b', S')
+    chi2 = _search_chi2(w, wf, wff, basis.search)                            # (b', S')
     best = _parabola_minimum(chi2, n_dispersions)
     model_rest = np.empty((fitted.size, n_rest))
     for s in np.unique(best):
@@ -350,46 +410,29 @@ def _normal_solve(normal: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return np.linalg.solve(normal, rhs[..., None])[..., 0]
 
 
-def _normal_equations(w: np.ndarray, wf: np.ndarray, design: np.ndarray,
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The normal matrices ``(b, D, D)`` and right-hand sides ``(b, D)`` of the weighted
-    least-squares fit of the shared design rows ``(D, N)`` to ``b`` galaxies (weights
-    ``w``, weighted fluxes ``wf`` ``(b, N)``): the weights times the design rows' pairwise
-    products (each pair once), one matrix product for all galaxies."""
-    n_dim, n_pix = design.shape
-    pairs = np.empty((n_dim * (n_dim + 1) // 2, n_pix))
-    first = 0
-    for row in range(n_dim):                       # pairs (row, row), (row, row + 1), …
-        pairs[first:first + n_dim - row] = design[row] * design[row:]
-        first += n_dim - row
-    return (w @ pairs.T)[:, _pair_index(n_dim)], wf @ design.T
-
-
-@cache
-def _pair_index(n_dim: int) -> np.ndarray:
-    """``(D, D)`` index of the pair ``(a, b)`` in :func:`_normal_equations`' order."""
-    upper = np.triu_indices(n_dim)
-    index = np.empty((n_dim, n_dim), dtype=np.int64)
-    index[upper] = np.arange(upper[0].size)
-    index[upper[1], upper[0]] = index[upper]
-    return index
-
-
-def _search_chi2(w: np.ndarray, wf: np.ndarray, wff: np.ndarray, design: np.ndarray,
+def _search_chi2(w: np.ndarray, wf: np.ndarray, wff: np.ndarray, search: SearchRows,
                  ) -> np.ndarray:
-    """χ² ``(b,)`` of the fit of the design rows ``(D, N)`` to ``b`` galaxies (weights
-    ``w``, weighted fluxes ``wf`` ``(b, N)``, ``Σ w f²`` ``wff`` ``(b,)``)."""
-    normal, rhs = _normal_equations(w, wf, design)
-    return wff - np.einsum("bd,bd->b", rhs, _normal_solve(normal, rhs))
+    """χ² ``(b, S')`` of the search fits (:class:`SearchRows`) to ``b`` galaxies (weights
+    ``w``, weighted fluxes ``wf`` ``(b, N)``, ``Σ w f²`` ``wff`` ``(b,)``) at every
+    searched dispersion: every normal matrix from one product of the weights with the
+    rows' pairwise products, every right-hand side from one of the weighted fluxes with
+    the rows."""
+    n_rows = w.shape[0]
+    n_search, n_dim = search.row_index.shape
+    normal = (w @ search.pairs.T)[:, search.pair_index]                     # (b, S', D, D)
+    rhs = (wf @ search.rows.T)[:, search.row_index]                         # (b, S', D)
+    solution = _normal_solve(normal.reshape(-1, n_dim, n_dim), rhs.reshape(-1, n_dim))
+    return wff[:, None] - np.einsum("bsd,bsd->bs", rhs,
+                                    solution.reshape(n_rows, n_search, n_dim))
 
 
 def _model(w: np.ndarray, wf: np.ndarray, design: np.ndarray) -> np.ndarray:
     """The model ``(b, N)`` of the design rows ``(D, N)`` fitted to ``b`` galaxies
     (weights ``w``, weighted fluxes ``wf`` ``(b, N)``). Few galaxies share a dispersion,
     so here each galaxy's weighted design rows are formed (:data:`MODEL_ROWS` at a time)
-    and all their normal matrices are one matrix product with the design, where the
-    pairwise products of :func:`_normal_equations` would cost more to form than they
-    save."""
+    and all their normal matrices are one matrix product with the design, where
+    pairwise products of the rows (as the search's, :class:`SearchRows`) would cost more
+    to form than they save: 435 rows for each of 35 dispersions."""
     n_rows, n_dim = w.shape[0], design.shape[0]
     normal = np.empty((n_rows, n_dim, n_dim))
     for first in range(0, n_rows, MODEL_ROWS):

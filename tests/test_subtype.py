@@ -248,6 +248,36 @@ def test_galaxy_continuum_in_chunks_equals_one_fit(monkeypatch):
     np.testing.assert_array_equal(chunked.dispersion_kms, whole.dispersion_kms)
 
 
+def test_search_rows_give_every_searched_dispersions_normal_equations():
+    """The search's shared rows and their pairwise products (the polynomials' products
+    stored once) give, for any weights, each searched dispersion's normal matrix and
+    right-hand side of its own design rows."""
+    import gasnet_plugin.stellar_continuum as continuum
+
+    basis = continuum.default_dispersion_basis()
+    search = basis.search
+    n_dim = continuum.SEARCH_COLUMNS + continuum.POLY_TERMS
+    np.testing.assert_array_equal(
+        search.dispersions, np.arange(0, continuum.DISPERSIONS_KMS.size,
+                                      continuum.SEARCH_EVERY))
+    # each dispersion: 15 products of its eigenspectra and 25 with the polynomials; the
+    # polynomials' 15 once
+    assert search.pairs.shape[0] == search.dispersions.size * (15 + 25) + 15
+    rng = np.random.default_rng(8)
+    w = rng.uniform(0.0, 2.0, (3, basis.n_pix))
+    wf = rng.normal(size=w.shape)
+    normal = (w @ search.pairs.T)[:, search.pair_index]
+    rhs = (wf @ search.rows.T)[:, search.row_index]
+    for k, dispersion in enumerate(search.dispersions):
+        design = basis.design(dispersion, continuum.SEARCH_COLUMNS)
+        assert design.shape[0] == n_dim
+        for row in range(w.shape[0]):
+            np.testing.assert_allclose(normal[row, k], (design * w[row]) @ design.T,
+                                       rtol=1e-12, atol=1e-9)
+            np.testing.assert_allclose(rhs[row, k], design @ wf[row], rtol=1e-12,
+                                       atol=1e-9)
+
+
 def test_galaxy_continuum_is_sdss_vdispfit_by_least_squares():
     """Each galaxy's dispersion and continuum are those of float64 least-squares fits built
     pixel by pixel: the search eigenspectra and polynomials at every searched dispersion,
