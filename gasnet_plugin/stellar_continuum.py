@@ -86,10 +86,10 @@ EDGE_PIXELS = 4
 """Template pixels left out at each end (their broadening is not complete)."""
 CHUNK_ROWS = 128
 """Galaxies fitted together: each takes a few template-length float64 rows (~17 kB each).
-The results
-are the same at any chunk size to float64 rounding (each row's normal equations are its
-own, but the matrix products that form them may sum in another order for another number of
-rows); a run's chunks are fixed by its batches, so a run repeated gives the same bits."""
+The results are the same at any chunk size to float64 rounding (each row's normal
+equations are its own, but the matrix products that form them may sum in another order for
+another number of rows); a run's chunks are fixed by its batches, so a run repeated gives
+the same bits."""
 
 
 @dataclass(frozen=True)
