@@ -112,30 +112,30 @@ QUANTITIES = ("FLUX", "FLUX_ERR", "EW", "EW_ERR", "SIGMA", "SIGMA_ERR")
 """What is reported per line (column ``<LINE>_<QUANTITY>``)."""
 
 
-def _window_starts(loglam: np.ndarray, z: np.ndarray, window: tuple[float, float],
-                   ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Where each spectrum's observed window lies on the grid: its first pixel ``(B,)``
-    (int64), its upper end ``(B,)`` (log10 Å) and the window's width in pixels ``M``
+def _window_starts(loglam: np.ndarray, one_plus_z: np.ndarray,
+                   window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Where each spectrum's observed window lies on the grid (``one_plus_z`` ``(B,)``:
+    1 + z, 1 where z is NaN): its first pixel ``(B,)`` (int64), its upper end ``(B,)``
+    (log10 Å) and the window's width in pixels ``M``
     (:func:`~gasnet_plugin.line_fit_kernels.gather_windows` reads it)."""
     dloglam = (loglam[-1] - loglam[0]) / (loglam.size - 1)
     width = int(np.ceil(np.log10(window[1] / window[0]) / dloglam)) + 1
-    one_plus_z = 1 + np.nan_to_num(z, nan=0.0)
     start = np.searchsorted(loglam, np.log10(window[0] * one_plus_z)).astype(np.int64)
     return start, np.log10(window[1] * one_plus_z), width
 
 
 def _gather(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray | None,
-            loglam: np.ndarray, z: np.ndarray, rows: np.ndarray, start: np.ndarray,
-            upper: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
-    """The windows ``(b, M)`` of the spectra ``rows`` as the fit reads them: flux minus
-    the continuum model, weights, the model, rest wavelength (Å) and its ln (the compiled
-    :func:`~gasnet_plugin.line_fit_kernels.gather_windows`)."""
+            loglam: np.ndarray, wave: np.ndarray, one_plus_z: np.ndarray, rows: np.ndarray,
+            start: np.ndarray, upper: np.ndarray, width: int) -> tuple[np.ndarray, ...]:
+    """The windows ``(b, M)`` of the spectra ``rows`` as the fit reads them (``wave``:
+    the grid in Å; ``one_plus_z``, ``start``, ``upper``: :func:`_window_starts`): flux
+    minus the continuum model, weights, the model, rest wavelength (Å) and its ln (the
+    compiled :func:`~gasnet_plugin.line_fit_kernels.gather_windows`)."""
     from gasnet_plugin.line_fit_kernels import gather_windows
 
     out = [np.empty((rows.size, width)) for _ in range(5)]
     gather_windows(flux, ivar, np.empty((0, 0)) if continuum is None else continuum,
-                   loglam, 10.0**loglam, start, upper, 1 + np.nan_to_num(z, nan=0.0),
-                   rows, *out)
+                   loglam, wave, start, upper, one_plus_z, rows, *out)
     return tuple(out)
 
 
@@ -172,14 +172,16 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     flux, ivar = as_contiguous_floats(flux), as_contiguous_floats(ivar)
     if continuum is not None:
         continuum = np.ascontiguousarray(continuum, dtype=np.float64)
+    wave, one_plus_z = 10.0**loglam, 1 + np.nan_to_num(z, nan=0.0)
     for group in LINE_GROUPS:
-        start, upper, width = _window_starts(loglam, z, group.window)
+        start, upper, width = _window_starts(loglam, one_plus_z, group.window)
         n_valid = count_valid(ivar, loglam, start, upper, width)
         covered = np.isfinite(z) & (n_valid >= max(MIN_PIXELS, MIN_COVERAGE * width))
         rows = np.flatnonzero(covered)
         if rows.size == 0:
             continue
-        windows = _gather(flux, ivar, continuum, loglam, z, rows, start, upper, width)
+        windows = _gather(flux, ivar, continuum, loglam, wave, one_plus_z, rows, start,
+                          upper, width)
         for name, values in _fit_group(group, *windows, z[rows]).items():
             out[name][rows] = values
     return out

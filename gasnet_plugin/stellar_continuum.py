@@ -53,6 +53,7 @@ from gasnet_plugin.io.wavelength_medium import air_to_vacuum
 from gasnet_plugin.models.star_templates import (
     StarTemplates,
     as_contiguous_floats,
+    grid_step_mismatch,
     load_star_templates,
 )
 
@@ -124,11 +125,11 @@ class SearchRows:
 
 
 def search_rows(broadened: np.ndarray, poly: np.ndarray, columns: int = SEARCH_COLUMNS,
-                every: int = SEARCH_EVERY) -> SearchRows:
+                ) -> SearchRows:
     """:class:`SearchRows` of the eigenspectra ``broadened`` ``(S, E, N)`` (the first
-    ``columns`` of each) and the polynomials ``poly`` ``(Q, N)``, on every ``every``-th
-    dispersion."""
-    dispersions = np.arange(0, broadened.shape[0], every)
+    ``columns`` of each) and the polynomials ``poly`` ``(Q, N)``, on every
+    :data:`SEARCH_EVERY`-th dispersion (the step :func:`_parabola_minimum` assumes)."""
+    dispersions = np.arange(0, broadened.shape[0], SEARCH_EVERY)
     n_poly, n_dim = poly.shape[0], columns + poly.shape[0]
     rows = np.vstack([poly, *(broadened[s, :columns].astype(np.float64)
                               for s in dispersions)])
@@ -280,8 +281,8 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
     """
     basis = default_dispersion_basis() if basis is None else basis
     n_rows, n_pix = flux.shape
-    step = (loglam[-1] - loglam[0]) / max(n_pix - 1, 1)
-    if n_pix > 1 and abs(step / basis.dloglam - 1) > 0.01:
+    step = grid_step_mismatch(loglam, basis.dloglam)
+    if step is not None:
         raise ValueError(f"continuum templates have {basis.dloglam:g} dex pixels, the grid "
                          f"{step:g}")
     model = np.full((n_rows, n_pix), np.nan)

@@ -135,7 +135,8 @@ def test_windows_are_gathered_as_numpy_index_arrays_give_them(dtype, with_contin
     continuum = rng.normal(4.0, 0.5, flux.shape)
     continuum[3, index[3, 10]] = np.nan             # row 3: no model in its window
     continuum[3, 0] = np.nan                        # (outside its window: not looked at)
-    start, upper, width = el._window_starts(LOGLAM, z, group.window)
+    one_plus_z = 1 + np.nan_to_num(z)
+    start, upper, width = el._window_starts(LOGLAM, one_plus_z, group.window)
     from gasnet_plugin.line_fit_kernels import count_valid
 
     valid = inside & (np.take_along_axis(ivar, index, 1) > 0)
@@ -143,7 +144,8 @@ def test_windows_are_gathered_as_numpy_index_arrays_give_them(dtype, with_contin
                                   valid.sum(axis=1))
     rows = np.arange(4)
     f, w, model, rest, ln_rest = el._gather(flux, ivar, continuum if with_continuum else
-                                            None, LOGLAM, z, rows, start, upper, width)
+                                            None, LOGLAM, 10.0**LOGLAM, one_plus_z, rows,
+                                            start, upper, width)
     index, inside = index[rows], inside[rows]
     expected_f = flux[rows[:, None], index].astype(np.float64)
     expected_w = np.where(inside, ivar[rows[:, None], index], 0.0).astype(np.float64)

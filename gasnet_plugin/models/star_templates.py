@@ -30,6 +30,9 @@ DEFAULT_STAR_TEMPLATES = "sdss-star-templates.asdf"
 """File name of the shipped templates in ``gasnet_plugin/data``."""
 POLY_DEGREE = 2
 """Degree of the additive polynomial fitted with each template."""
+PIXEL_STEP_TOLERANCE = 0.01
+"""Relative difference allowed between a grid's log-λ step and the templates' (the fits
+place a spectrum on the templates' grid by whole pixels)."""
 CHUNK_STARS = 64
 """Stars fitted together (sorted by redshift shift): their rest-frame arrays (``(64, K + 2,
 P)`` doubles, ~8 MB) are made once and the templates read once per chunk."""
@@ -162,8 +165,8 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     """
     n_rows, n_pix = flux.shape
     n_templates = templates.flux.shape[0]
-    step = (loglam[-1] - loglam[0]) / (n_pix - 1)
-    if abs(step / templates.dloglam - 1) > 0.01:
+    step = grid_step_mismatch(loglam, templates.dloglam)
+    if step is not None:
         raise ValueError(f"star templates have {templates.dloglam:g} dex pixels, the grid "
                          f"{step:g}")
     all_chi2 = np.full((n_rows, n_templates), np.inf)
@@ -183,6 +186,16 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)
     dof = np.maximum((ivar > 0).sum(axis=1) - (POLY_DEGREE + 2), 1)
     return StarFit(index, chi2, chi2 / dof, all_chi2)
+
+
+def grid_step_mismatch(loglam: np.ndarray, dloglam: float) -> float | None:
+    """The log10-λ step of the grid ``loglam`` ``(P,)`` where it differs from the
+    templates' ``dloglam`` by more than :data:`PIXEL_STEP_TOLERANCE`; ``None`` where it
+    matches (or the grid has a single pixel)."""
+    if loglam.size < 2:
+        return None
+    step = float((loglam[-1] - loglam[0]) / (loglam.size - 1))
+    return step if abs(step / dloglam - 1) > PIXEL_STEP_TOLERANCE else None
 
 
 def as_contiguous_floats(array: np.ndarray) -> np.ndarray:

@@ -114,13 +114,14 @@ class SubtypeStage(Stage):
         the templates' grid by whole pixels), and make the star templates' padded copies
         for its length now, not in the first batch."""
         from gasnet_plugin.host.config import ConfigError
+        from gasnet_plugin.models.star_templates import grid_step_mismatch
 
         if self.templates is None or self.galaxy_basis is None:
             raise RuntimeError("subtype: setup() was not called")
-        step = float((loglam[-1] - loglam[0]) / max(loglam.size - 1, 1))
         for what, dloglam in (("star_templates", self.templates.dloglam),
                               ("continuum_templates", self.galaxy_basis.dloglam)):
-            if abs(step / dloglam - 1) > 0.01:
+            step = grid_step_mismatch(loglam, dloglam)
+            if step is not None:
                 raise ConfigError(f"{what} {self.params[what]!r} have {dloglam:g} dex "
                                   f"pixels, the batch grid {step:g} dex: set the resample "
                                   f"stage's dloglam to {dloglam:g}")
