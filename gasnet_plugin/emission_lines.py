@@ -175,7 +175,7 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     wave, one_plus_z = 10.0**loglam, 1 + np.nan_to_num(z, nan=0.0)
     for group in LINE_GROUPS:
         start, upper, width = _window_starts(loglam, one_plus_z, group.window)
-        n_valid = count_valid(ivar, loglam, start, upper, width)
+        n_valid = count_valid(flux, ivar, loglam, start, upper, width)
         covered = np.isfinite(z) & (n_valid >= max(MIN_PIXELS, MIN_COVERAGE * width))
         rows = np.flatnonzero(covered)
         if rows.size == 0:

@@ -30,6 +30,16 @@ left at 0 instead of computed: below float64 precision of every sum they enter, 
 of a narrow line's window."""
 
 
+@numba.njit(cache=True, nogil=True)
+def pixel_weight(flux: float, ivar: float) -> float:  # pragma: no cover - compiled
+    """A pixel's weight in a fit: its ``ivar`` where that is finite and positive and the
+    flux finite, else 0 (a negative, infinite or NaN ivar, or a NaN flux, is no
+    measurement, not a negative or infinite weight)."""
+    if np.isfinite(flux) and np.isfinite(ivar) and ivar > 0.0:
+        return ivar
+    return 0.0
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
     """Σ a·b of two float64 vectors of one length.
@@ -255,11 +265,12 @@ def fit_widths(ln_rest: np.ndarray, t: np.ndarray, f: np.ndarray, w: np.ndarray,
 
 
 @numba.njit(cache=True, nogil=True)
-def count_valid(ivar: np.ndarray, loglam: np.ndarray, start: np.ndarray, upper: np.ndarray,
-                width: int) -> np.ndarray:  # pragma: no cover - compiled
+def count_valid(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, start: np.ndarray,
+                upper: np.ndarray, width: int) -> np.ndarray:  # pragma: no cover - compiled
     """Valid pixels ``(B,)`` of each spectrum's window: the ``width`` pixels from
     ``start`` ``(B,)`` that are on the grid ``loglam`` ``(P,)``, at or below ``upper``
-    ``(B,)`` (log10 Å) and have ``ivar`` ``(B, P)`` > 0."""
+    ``(B,)`` (log10 Å) and have a weight (:func:`pixel_weight` of ``flux`` and ``ivar``
+    ``(B, P)`` > 0)."""
     n_rows, n_pix = ivar.shape
     counts = np.zeros(n_rows, dtype=np.int64)
     for b in range(n_rows):
@@ -267,7 +278,7 @@ def count_valid(ivar: np.ndarray, loglam: np.ndarray, start: np.ndarray, upper: 
             i = start[b] + j
             if i >= n_pix or loglam[i] > upper[b]:
                 break                   # the grid increases: no later pixel is inside
-            if ivar[b, i] > 0:
+            if pixel_weight(np.float64(flux[b, i]), np.float64(ivar[b, i])) > 0:
                 counts[b] += 1
     return counts
 
@@ -297,7 +308,7 @@ def gather_windows(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray,
         ``(B,)`` each window's first pixel, its upper end (log10 Å) and 1 + z.
     f, w, model, rest, ln_rest
         ``(b, M)`` float64 outputs: flux minus the model (0 where the weight is 0),
-        weight (``ivar`` inside the window where flux and ivar are finite, else 0), the
+        weight (:func:`pixel_weight` inside the window, else 0), the
         model, and the rest wavelength (Å) and its ln.
     """
     n_pix = flux.shape[1]
@@ -318,9 +329,7 @@ def gather_windows(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray,
             i = min(i, n_pix - 1)
             inside = inside and loglam[i] <= upper[b]
             flux_i = np.float64(flux[b, i])
-            weight = np.float64(ivar[b, i]) if inside else 0.0
-            if not (np.isfinite(flux_i) and np.isfinite(weight)):
-                weight = 0.0
+            weight = pixel_weight(flux_i, np.float64(ivar[b, i])) if inside else 0.0
             if not finite_model:
                 model[r, j] = 0.0
             w[r, j] = weight
@@ -341,7 +350,7 @@ def load_kernels() -> None:
     loglam = np.full(5, np.log10(6500.0))
     starts, upper = np.zeros(1, np.int64), np.full(1, 10.0)
     for flux in (one, one.astype(np.float32)):
-        count_valid(flux, loglam, starts, upper, 5)
+        count_valid(flux, flux, loglam, starts, upper, 5)
         for continuum in (np.empty((0, 0)), one):
             out = [np.empty((1, 5)) for _ in range(5)]
             gather_windows(flux, flux, continuum, loglam, 10.0**loglam, starts, upper,

@@ -333,7 +333,8 @@ def _rest_frame(flux: np.ndarray, ivar: np.ndarray, shift: np.ndarray, fitted: n
                 ) -> None:  # pragma: no cover - compiled
     """Each galaxy on the templates' grid, in place: its weights ``w`` and weighted flux
     ``wf`` ``(b, N)`` at template pixel ``t`` (observed pixel ``t − shift``; 0 off its
-    spectrum, on pixels not ``fitted`` and where flux or ivar is not finite), and
+    spectrum, on pixels not ``fitted``, where flux or ivar is not finite and where ivar
+    is not positive), and
     ``wff`` ``(b,)`` = Σ w f², in float64."""
     n_rows, n_pix = flux.shape
     for b in range(n_rows):
@@ -345,10 +346,10 @@ def _rest_frame(flux: np.ndarray, ivar: np.ndarray, shift: np.ndarray, fitted: n
             if fitted[t] and 0 <= p < n_pix:
                 f_p = np.float64(flux[b, p])
                 w_p = np.float64(ivar[b, p])
-                if np.isfinite(f_p) and np.isfinite(w_p):
+                # a pixel's weight as in every fit (line_fit_kernels.pixel_weight)
+                if np.isfinite(f_p) and np.isfinite(w_p) and w_p > 0.0:
                     weight = w_p
-                    if w_p > 0:
-                        value = f_p
+                    value = f_p
             w[b, t] = weight
             wf[b, t] = weight * value
             total += weight * value * value

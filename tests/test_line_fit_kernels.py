@@ -132,6 +132,7 @@ def test_windows_are_gathered_as_numpy_index_arrays_give_them(dtype, with_contin
     flux[0, first + 3] = np.nan                     # no weight there
     ivar[0, first + 5] = np.inf                     # nor there
     ivar[1, index[1, 2]] = 0.0                      # a masked pixel
+    ivar[1, index[1, 4]] = -1.0                     # no measurement: no weight either
     continuum = rng.normal(4.0, 0.5, flux.shape)
     continuum[3, index[3, 10]] = np.nan             # row 3: no model in its window
     continuum[3, 0] = np.nan                        # (outside its window: not looked at)
@@ -139,8 +140,9 @@ def test_windows_are_gathered_as_numpy_index_arrays_give_them(dtype, with_contin
     start, upper, width = el._window_starts(LOGLAM, one_plus_z, group.window)
     from gasnet_plugin.line_fit_kernels import count_valid
 
-    valid = inside & (np.take_along_axis(ivar, index, 1) > 0)
-    np.testing.assert_array_equal(count_valid(ivar, LOGLAM, start, upper, width),
+    window_flux, window_ivar = (np.take_along_axis(a, index, 1) for a in (flux, ivar))
+    valid = inside & np.isfinite(window_flux) & np.isfinite(window_ivar) & (window_ivar > 0)
+    np.testing.assert_array_equal(count_valid(flux, ivar, LOGLAM, start, upper, width),
                                   valid.sum(axis=1))
     rows = np.arange(4)
     f, w, model, rest, ln_rest = el._gather(flux, ivar, continuum if with_continuum else
@@ -149,7 +151,8 @@ def test_windows_are_gathered_as_numpy_index_arrays_give_them(dtype, with_contin
     index, inside = index[rows], inside[rows]
     expected_f = flux[rows[:, None], index].astype(np.float64)
     expected_w = np.where(inside, ivar[rows[:, None], index], 0.0).astype(np.float64)
-    expected_w = np.where(np.isfinite(expected_f) & np.isfinite(expected_w), expected_w, 0.0)
+    expected_w = np.where(np.isfinite(expected_f) & np.isfinite(expected_w)
+                          & (expected_w > 0), expected_w, 0.0)
     expected_model = np.zeros_like(expected_f)
     if with_continuum:
         expected_model = continuum[rows[:, None], index]

@@ -396,3 +396,58 @@ def test_star_template_chi2_is_each_templates_least_squares_fit():
             else:
                 assert fit.all_chi2[row, t] == np.inf
     np.testing.assert_array_equal(fit.index, truth)
+
+
+def _not_measurements(flux: np.ndarray, ivar: np.ndarray, seed: int,
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``flux, ivar`` with 1 % of the pixels each given a negative, NaN or infinite ivar
+    or a NaN flux; and the same spectra with those pixels' ivar set to 0 instead."""
+    rng = np.random.default_rng(seed)
+    bad = rng.random(flux.shape) < 0.04
+    kind = rng.integers(0, 4, flux.shape)
+    hostile_flux, hostile_ivar = flux.copy(), ivar.copy()
+    hostile_ivar[bad & (kind == 0)] = -ivar[bad & (kind == 0)]
+    hostile_ivar[bad & (kind == 1)] = np.nan
+    hostile_ivar[bad & (kind == 2)] = np.inf
+    hostile_flux[bad & (kind == 3)] = np.nan
+    masked_ivar = np.where(bad, 0, ivar).astype(ivar.dtype)
+    return hostile_flux, hostile_ivar, masked_ivar
+
+
+def test_pixels_that_are_not_measurements_count_as_masked_in_every_fit():
+    """A negative, NaN or infinite ivar, or a NaN flux, is no measurement: the line
+    measurements, the galaxy continuum and the star templates' χ² are exactly those of
+    the same spectra with those pixels' ivar 0 (not a negative or infinite weight, not a
+    NaN result)."""
+    from gasnet_plugin.stellar_continuum import fit_stellar_continuum
+
+    z = 0.1
+    flux, ivar = synthetic(z, {6564.61: (20.0, 150.0), 4862.68: (6.0, 150.0),
+                               5008.24: (3.0, 150.0)}, n=12)
+    hostile_flux, hostile_ivar, masked_ivar = _not_measurements(flux, ivar, 1)
+    redshifts = np.full(len(flux), z)
+    hostile = measure_lines(hostile_flux, hostile_ivar, LOGLAM, redshifts)
+    masked = measure_lines(flux, masked_ivar, LOGLAM, redshifts)
+    assert np.isfinite(masked["HALPHA_FLUX"]).all()
+    for name, values in masked.items():
+        np.testing.assert_array_equal(hostile[name], values, err_msg=name)
+
+    hostile_fit = fit_stellar_continuum(hostile_flux, hostile_ivar, LOGLAM, redshifts)
+    masked_fit = fit_stellar_continuum(flux, masked_ivar, LOGLAM, redshifts)
+    assert np.isfinite(masked_fit.dispersion_kms).all()
+    np.testing.assert_array_equal(hostile_fit.model, masked_fit.model)
+    np.testing.assert_array_equal(hostile_fit.dispersion_kms, masked_fit.dispersion_kms)
+
+    templates = load_star_templates()
+    star = templates.flux[[10, 60, 90]].astype(np.float64)
+    start = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
+    star = star[:, start:start + LOGLAM.size]
+    star = (star / np.median(star, axis=1, keepdims=True)).astype(np.float32)
+    star_ivar = np.full(star.shape, 400.0, np.float32)
+    hostile_flux, hostile_ivar, masked_ivar = _not_measurements(star, star_ivar, 2)
+    hostile_stars = fit_star_templates(templates, hostile_flux, hostile_ivar, LOGLAM,
+                                       np.zeros(3))
+    masked_stars = fit_star_templates(templates, star, masked_ivar, LOGLAM, np.zeros(3))
+    np.testing.assert_array_equal(masked_stars.index, [10, 60, 90])
+    np.testing.assert_array_equal(hostile_stars.all_chi2, masked_stars.all_chi2)
+    np.testing.assert_array_equal(hostile_stars.rchi2, masked_stars.rchi2)

@@ -54,7 +54,8 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
         ``x`` from −1 to 1.
     sides
         ``(b, K + 1, R)`` float64 output: ``w · x_r**j`` for ``j < K`` (``w = ivar``, 0
-        where not covered; ``x_r`` the polynomial's variable continued across the
+        where not covered or not a measurement: ivar not finite and positive, or flux
+        not finite; ``x_r`` the polynomial's variable continued across the
         window, multiplied in turn: row 0 is the weights themselves) and ``w · f`` at
         ``K``; 0 outside the star's pixels.
     gram, flux_side, flux_norm
@@ -72,8 +73,12 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
         sides[b, :, stop:] = 0.0
         for p in range(n_pix):
             col = start + p
-            w = np.float64(ivar[b, p]) * (1.0 if covered[col] else 0.0)
+            w = np.float64(ivar[b, p])
             f = np.float64(flux[b, p])
+            # a pixel's weight as in every fit (line_fit_kernels.pixel_weight): ivar
+            # where finite and positive with a finite flux, else no weight and no flux
+            if not (covered[col] and np.isfinite(f) and np.isfinite(w) and w > 0.0):
+                w, f = 0.0, 0.0
             flux_b[p] = f
             sides[b, n_poly, col] = w * f
             # x on the window, as (col − offset) · step − 1: the numpy version's values

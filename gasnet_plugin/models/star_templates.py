@@ -170,7 +170,9 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
         raise ValueError(f"star templates have {templates.dloglam:g} dex pixels, the grid "
                          f"{step:g}")
     all_chi2 = np.full((n_rows, n_templates), np.inf)
-    ok = np.isfinite(z) & ((ivar > 0).sum(axis=1) > POLY_DEGREE + 2)
+    # pixels with a weight (as the kernel weighs them: finite positive ivar, finite flux)
+    n_valid = (np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)).sum(axis=1)
+    ok = np.isfinite(z) & (n_valid > POLY_DEGREE + 2)
     # template pixel of observed pixel 0, per star
     start = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - templates.loglam0)
                      / templates.dloglam).astype(np.int64)
@@ -184,7 +186,7 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     found = np.isfinite(all_chi2).any(axis=1)
     index = np.where(found, np.argmin(all_chi2, axis=1), -1)
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)
-    dof = np.maximum((ivar > 0).sum(axis=1) - (POLY_DEGREE + 2), 1)
+    dof = np.maximum(n_valid - (POLY_DEGREE + 2), 1)
     return StarFit(index, chi2, chi2 / dof, all_chi2)
 
 
