@@ -148,7 +148,7 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     flux, ivar
         ``(B, P)`` on the log10-λ grid ``loglam`` ``(P,)``.
     z
-        ``(B,)`` redshifts (NaN: nothing measured).
+        ``(B,)`` redshifts (not finite or not above −1: nothing measured).
     continuum
         ``(B, P)`` a model continuum to subtract first (e.g. the stellar continuum of
         :mod:`gasnet_plugin.stellar_continuum`; NaN rows: none), or ``None``. The local
@@ -172,11 +172,12 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     flux, ivar = as_contiguous_floats(flux), as_contiguous_floats(ivar)
     if continuum is not None:
         continuum = np.ascontiguousarray(continuum, dtype=np.float64)
-    wave, one_plus_z = 10.0**loglam, 1 + np.nan_to_num(z, nan=0.0)
+    measurable = np.isfinite(z) & (z > -1)
+    wave, one_plus_z = 10.0**loglam, np.where(measurable, 1 + z, 1.0)
     for group in LINE_GROUPS:
         start, upper, width = _window_starts(loglam, one_plus_z, group.window)
         n_valid = count_valid(flux, ivar, loglam, start, upper, width)
-        covered = np.isfinite(z) & (n_valid >= max(MIN_PIXELS, MIN_COVERAGE * width))
+        covered = measurable & (n_valid >= max(MIN_PIXELS, MIN_COVERAGE * width))
         rows = np.flatnonzero(covered)
         if rows.size == 0:
             continue

@@ -275,7 +275,8 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
         ``(B, P)`` on the log10-λ grid ``loglam`` ``(P,)``, whose step must be the
         templates' (to 1 %).
     z
-        ``(B,)`` redshifts (rounded to whole pixels of the grid; NaN: not fitted).
+        ``(B,)`` redshifts (rounded to whole pixels of the grid; not finite or not above
+        −1: not fitted).
     basis
         :func:`dispersion_basis`; ``None``: the shipped one.
     """
@@ -300,7 +301,7 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     ``(b,)``."""
     n_rows, n_pix = flux.shape
     n_rest = basis.n_pix
-    ok = np.isfinite(z)
+    ok = np.isfinite(z) & (z > -1)
     # template pixel of each galaxy's observed pixel 0
     shift = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - basis.loglam0)
                      / basis.dloglam).astype(np.int64)

@@ -11,13 +11,15 @@ from gasnet_plugin.models.star_fit_kernels import rest_frame_sides
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_rest_frame_sides_match_numpy(dtype) -> None:
     """Each star's weighted powers (the weights first) and weighted flux land at its own
-    offset in the window (zeros elsewhere, weights 0 where no template covers the pixel),
-    and the template-free sums equal their float64 definitions."""
+    offset in the window (zeros elsewhere, weights 0 where no template covers the pixel
+    and where a pixel is no measurement: a negative or infinite ivar, a NaN flux), and
+    the template-free sums and the count of weighted pixels equal their definitions."""
     rng = np.random.default_rng(5)
     n_stars, n_pix, n_window, k = 4, 37, 45, 3
     flux = rng.normal(1.0, 0.3, (n_stars, n_pix)).astype(dtype)
     ivar = rng.uniform(0.5, 2.0, (n_stars, n_pix)).astype(dtype)
     ivar[1, 10:15] = 0
+    ivar[2, 3], flux[2, 4], ivar[3, 6] = -1.0, np.nan, np.inf     # not measurements
     offset = np.array([0, 3, 8, 5], dtype=np.int64)
     covered = np.ones(n_window, dtype=bool)
     covered[[2, 20, 44]] = False
@@ -26,11 +28,18 @@ def test_rest_frame_sides_match_numpy(dtype) -> None:
     sides = np.full((n_stars, k + 1, n_window), 7.0)      # overwritten, zeros included
     gram, flux_side, flux_norm = np.empty((n_stars, k, k)), np.empty((n_stars, k)), \
         np.empty(n_stars)
-    rest_frame_sides(flux, ivar, offset, covered, powers, sides, gram, flux_side, flux_norm)
+    n_weighted = np.full(n_stars, -1, dtype=np.int64)
+    rest_frame_sides(flux, ivar, offset, covered, powers, sides, gram, flux_side, flux_norm,
+                     n_weighted)
     for b in range(n_stars):
         cols = offset[b] + np.arange(n_pix)
-        w = ivar[b].astype(np.float64) * covered[cols]
         f = flux[b].astype(np.float64)
+        # a weight where a template covers the pixel, ivar is finite and positive and
+        # the flux finite; there the flux too, else 0
+        weighted = covered[cols] & np.isfinite(f) & np.isfinite(ivar[b]) & (ivar[b] > 0)
+        w = np.where(weighted, ivar[b].astype(np.float64), 0.0)
+        f = np.where(weighted, f, 0.0)
+        assert n_weighted[b] == weighted.sum()
         expected_w = np.zeros(n_window)
         expected_w[cols] = w
         x_window = (np.arange(n_window) - offset[b]) * (2.0 / (n_pix - 1)) - 1.0

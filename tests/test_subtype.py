@@ -451,3 +451,55 @@ def test_pixels_that_are_not_measurements_count_as_masked_in_every_fit():
     np.testing.assert_array_equal(masked_stars.index, [10, 60, 90])
     np.testing.assert_array_equal(hostile_stars.all_chi2, masked_stars.all_chi2)
     np.testing.assert_array_equal(hostile_stars.rchi2, masked_stars.rchi2)
+
+
+def test_redshifts_no_spectrum_can_have_leave_only_their_row_unmeasured():
+    """A redshift at or below −1, infinite, or putting the spectrum off the templates
+    leaves its row unmeasured (NaN, index −1), with no error and no warning, and every
+    other row exactly as when that row's z is NaN; a star partly on the templates is
+    fitted on the pixels they cover, and its reduced χ² counts those pixels only."""
+    import warnings
+
+    from gasnet_plugin.models.star_templates import POLY_DEGREE
+    from gasnet_plugin.stellar_continuum import fit_stellar_continuum
+
+    # z = 5 has lines on the grid (Lyα) but puts the spectrum off both template sets
+    bad = np.array([-1.0, -3.0, np.inf, -np.inf, 1e300, 5.0])
+    flux, ivar = synthetic(0.1, {6564.61: (20.0, 150.0), 4862.68: (6.0, 150.0)},
+                           n=bad.size + 2)
+    z = np.concatenate([[0.1], bad, [0.1]])
+    as_nan = np.where(np.isin(np.arange(z.size), [0, z.size - 1]), z, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lines = measure_lines(flux, ivar, LOGLAM, z)
+        continuum = fit_stellar_continuum(flux, ivar, LOGLAM, z)
+    assert np.isfinite(lines["HALPHA_FLUX"][[0, -1]]).all()
+    assert np.isfinite(lines["LYALPHA_FLUX"][-2])
+    for name, values in measure_lines(flux, ivar, LOGLAM,
+                                      np.where(z == 5.0, z, as_nan)).items():
+        np.testing.assert_array_equal(lines[name], values, err_msg=name)
+    assert np.isnan(continuum.dispersion_kms[1:-1]).all()
+    reference = fit_stellar_continuum(flux, ivar, LOGLAM, as_nan)
+    np.testing.assert_array_equal(continuum.model, reference.model)
+
+    templates = load_star_templates()
+    first = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
+    stars = templates.flux[[10, 60]].astype(np.float64)[:, first:first + LOGLAM.size]
+    stars = stars / np.median(stars, axis=1, keepdims=True)
+    star_flux = np.vstack([stars[0], np.tile(stars[1], (bad.size + 1, 1))]).astype(np.float32)
+    star_ivar = np.full(star_flux.shape, 400.0, np.float32)
+    # the last star at z = 1.5: only its blue pixels land on the templates' range
+    star_z = np.concatenate([[0.0], bad, [1.5]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit = fit_star_templates(templates, star_flux, star_ivar, LOGLAM, star_z)
+    np.testing.assert_array_equal(fit.index[1:-1], -1)
+    assert np.isnan(fit.chi2[1:-1]).all() and fit.index[0] == 10
+    reference = fit_star_templates(templates, star_flux, star_ivar, LOGLAM,
+                                   np.where(np.isin(star_z, bad), np.nan, star_z))
+    np.testing.assert_array_equal(fit.all_chi2, reference.all_chi2)
+    start = round((LOGLAM[0] - np.log10(2.5) - templates.loglam0) / templates.dloglam)
+    on_templates = np.sum((start + np.arange(LOGLAM.size)) >= 0)
+    assert 0 < on_templates < LOGLAM.size and fit.index[-1] >= 0
+    np.testing.assert_allclose(fit.rchi2[-1],
+                               fit.chi2[-1] / (on_templates - POLY_DEGREE - 2), rtol=1e-12)

@@ -36,7 +36,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:  # pragma: no cover - compiled
 def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
                      covered: np.ndarray, powers: np.ndarray, sides: np.ndarray,
                      gram: np.ndarray, flux_side: np.ndarray, flux_norm: np.ndarray,
-                     ) -> None:  # pragma: no cover - compiled
+                     n_weighted: np.ndarray) -> None:  # pragma: no cover - compiled
     """The stars' arrays on the rest-frame window and their template-free sums, in place.
 
     Parameters
@@ -61,6 +61,9 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
     gram, flux_side, flux_norm
         ``(b, K, K)``, ``(b, K)`` and ``(b,)`` float64 outputs: ``Σ w x^i x^j``,
         ``Σ w f x^j`` and ``Σ w f²`` over the star's pixels.
+    n_weighted
+        ``(b,)`` int64 output: the star's pixels with a weight (``w > 0``), those the
+        fit sums over.
     """
     n_stars, n_pix = flux.shape
     n_poly = powers.shape[0]
@@ -71,6 +74,7 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
         stop = start + n_pix
         sides[b, :, :start] = 0.0
         sides[b, :, stop:] = 0.0
+        n_weighted[b] = 0
         for p in range(n_pix):
             col = start + p
             w = np.float64(ivar[b, p])
@@ -79,6 +83,8 @@ def rest_frame_sides(flux: np.ndarray, ivar: np.ndarray, offset: np.ndarray,
             # where finite and positive with a finite flux, else no weight and no flux
             if not (covered[col] and np.isfinite(f) and np.isfinite(w) and w > 0.0):
                 w, f = 0.0, 0.0
+            else:
+                n_weighted[b] += 1
             flux_b[p] = f
             sides[b, n_poly, col] = w * f
             # x on the window, as (col − offset) · step − 1: the numpy version's values
@@ -103,4 +109,4 @@ def load_kernels() -> None:
     one = np.ones((1, 3), dtype=np.float32)
     rest_frame_sides(one, one, np.zeros(1, np.int64), np.ones(4, np.bool_),
                      np.ones((2, 3)), np.empty((1, 3, 4)), np.empty((1, 2, 2)),
-                     np.empty((1, 2)), np.empty(1))
+                     np.empty((1, 2)), np.empty(1), np.empty(1, np.int64))

@@ -161,7 +161,9 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
         ``(B, P)`` on the log10-λ grid ``loglam`` ``(P,)``, whose step must be the
         templates' (to 1 %).
     z
-        ``(B,)`` redshifts (rounded to whole pixels of the grid).
+        ``(B,)`` redshifts (rounded to whole pixels of the grid). A star is not fitted
+        (index −1, χ² NaN) where its z is not finite or not above −1, or where fewer
+        than :data:`POLY_DEGREE` + 3 of its pixels have a weight on the templates' range.
     """
     n_rows, n_pix = flux.shape
     n_templates = templates.flux.shape[0]
@@ -170,23 +172,30 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
         raise ValueError(f"star templates have {templates.dloglam:g} dex pixels, the grid "
                          f"{step:g}")
     all_chi2 = np.full((n_rows, n_templates), np.inf)
+    n_params = POLY_DEGREE + 2                  # the polynomial's terms and the amplitude
     # pixels with a weight (as the kernel weighs them: finite positive ivar, finite flux)
     n_valid = (np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)).sum(axis=1)
-    ok = np.isfinite(z) & (n_valid > POLY_DEGREE + 2)
-    # template pixel of observed pixel 0, per star
+    z = np.asarray(z, dtype=np.float64)
+    ok = np.isfinite(z) & (z > -1) & (n_valid > n_params)
+    # template pixel of observed pixel 0, per star; how many of its pixels the templates
+    # cover (a redshift far outside them leaves none)
     start = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - templates.loglam0)
                      / templates.dloglam).astype(np.int64)
+    on_templates = (np.minimum(start + n_pix, templates.flux.shape[1])
+                    - np.maximum(start, 0))
+    ok &= on_templates > n_params
     padded, padded_squared = templates.padded(n_pix)
     fitted = np.flatnonzero(ok)
     fitted = fitted[np.argsort(start[fitted], kind="stable")]   # neighbours in z together
+    n_weighted = np.zeros(n_rows, dtype=np.int64)
     for first in range(0, fitted.size, CHUNK_STARS):
         rows = fitted[first:first + CHUNK_STARS]
-        all_chi2[rows] = _fit_stars(padded, padded_squared, flux[rows], ivar[rows],
-                                    start[rows])
+        all_chi2[rows], n_weighted[rows] = _fit_stars(padded, padded_squared, flux[rows],
+                                                      ivar[rows], start[rows])
     found = np.isfinite(all_chi2).any(axis=1)
     index = np.where(found, np.argmin(all_chi2, axis=1), -1)
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)
-    dof = np.maximum(n_valid - (POLY_DEGREE + 2), 1)
+    dof = np.maximum(n_weighted - n_params, 1)
     return StarFit(index, chi2, chi2 / dof, all_chi2)
 
 
@@ -208,11 +217,13 @@ def as_contiguous_floats(array: np.ndarray) -> np.ndarray:
 
 
 def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
-               ivar: np.ndarray, start: np.ndarray) -> np.ndarray:
+               ivar: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """χ² ``(b, T)`` of every template (times an amplitude, plus a polynomial of degree
     :data:`POLY_DEGREE` in x ∈ [−1, 1] across the observed pixels) fitted to ``b`` stars
     (``flux``, ``ivar`` ``(b, P)``) whose observed pixel 0 is template pixel ``start``
-    ``(b,)``; inf where the amplitude is not positive. ``padded`` and ``padded_squared``:
+    ``(b,)``; inf where the amplitude is not positive, and for a star with no more
+    weighted pixels on the templates than the polynomial has terms. Also the number of
+    weighted pixels ``(b,)`` each fit sums over. ``padded`` and ``padded_squared``:
     :meth:`StarTemplates.padded`.
 
     Every star is moved onto one rest-frame window of the templates, so that all share the
@@ -238,9 +249,10 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     xx = np.empty((n_stars, k, k))
     fx = np.empty((n_stars, k))
     flux_norm = np.empty(n_stars)
+    n_weighted = np.empty(n_stars, dtype=np.int64)
     rest_frame_sides(as_contiguous_floats(flux), as_contiguous_floats(ivar),
                      (shift - low).astype(np.int64), t.any(axis=0), powers, sides, xx, fx,
-                     flux_norm)
+                     flux_norm, n_weighted)
     tt = sides[:, 0] @ padded_squared[:, window].T                          # (b, T)
     against = (sides.reshape(-1, width) @ t.T).reshape(n_stars, k + 1, n_templates)
     tx = against[:, :k].transpose(0, 2, 1)                                  # (b, T, K)
@@ -249,7 +261,10 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     # least-squares amplitude and χ² follow from the Schur complement (no (K+1)² system
     # per template and star)
     ridge = 1e-12 * np.einsum("bii->b", xx)[:, None, None] / k * np.eye(k)
-    gram = xx + ridge                                                       # (b, K, K)
+    # a star with too few weighted pixels here has no fit: an identity in place of its
+    # (near) zero normal matrix keeps the batched solve defined, and its χ² is inf
+    empty = n_weighted <= k
+    gram = np.where(empty[:, None, None], np.eye(k), xx + ridge)           # (b, K, K)
     solved_fx = np.linalg.solve(gram, fx[..., None])[..., 0]                # (b, K)
     solved_tx = np.linalg.solve(gram, tx.transpose(0, 2, 1))                # (b, K, T)
     chi2_poly = flux_norm - np.einsum("bk,bk->b", fx, solved_fx)
@@ -260,5 +275,5 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
         amplitude = overlap / norm
         chi2 = chi2_poly[:, None] - overlap * amplitude
     # a positive template only, and one not (numerically) within the polynomial's span
-    good = (norm > 1e-12 * tt) & (amplitude > 0)
-    return np.where(good, chi2, np.inf)
+    good = (norm > 1e-12 * tt) & (amplitude > 0) & ~empty[:, None]
+    return np.where(good, chi2, np.inf), n_weighted
