@@ -46,6 +46,9 @@ MIN_PIXELS = 8
 """Valid pixels a group's window needs."""
 MIN_COVERAGE = 0.6
 """Fraction of a group's window that must lie on the grid with valid pixels."""
+GROUP_ROWS = 256
+"""Spectra a group is fitted for at once: the pieces that threads share
+(:func:`measure_lines`); a spectrum's fit does not depend on the others in its piece."""
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,8 @@ def _gather(flux: np.ndarray, ivar: np.ndarray, continuum: np.ndarray | None,
 
 
 def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
-                  continuum: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                  continuum: np.ndarray | None = None, threads: int = 1,
+                  ) -> dict[str, np.ndarray]:
     """Measure every line of :data:`LINE_GROUPS` in ``B`` spectra at redshifts ``z``.
 
     Parameters
@@ -154,6 +158,10 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         :mod:`gasnet_plugin.stellar_continuum`; NaN rows: none), or ``None``. The local
         linear term is still fitted on top; equivalent widths are then relative to the
         model continuum plus that term at the line.
+    threads
+        Pieces measured at once, on threads: each group's spectra in parts of
+        :data:`GROUP_ROWS` (:func:`~gasnet_plugin.thread_map.thread_map`; every spectrum's
+        fit is its own, so the results are the same for any number).
 
     Returns
     -------
@@ -163,6 +171,7 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     """
     from gasnet_plugin.line_fit_kernels import count_valid
     from gasnet_plugin.models.star_templates import as_contiguous_floats
+    from gasnet_plugin.thread_map import thread_map
 
     n_rows = flux.shape[0]
     z = np.asarray(z, dtype=np.float64)
@@ -174,17 +183,24 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         continuum = np.ascontiguousarray(continuum, dtype=np.float64)
     measurable = np.isfinite(z) & (z > -1)
     wave, one_plus_z = 10.0**loglam, np.where(measurable, 1 + z, 1.0)
+    pieces = []                         # (group, its windows, rows of one part)
     for group in LINE_GROUPS:
         start, upper, width = _window_starts(loglam, one_plus_z, group.window)
         n_valid = count_valid(flux, ivar, loglam, start, upper, width)
         covered = measurable & (n_valid >= max(MIN_PIXELS, MIN_COVERAGE * width))
         rows = np.flatnonzero(covered)
-        if rows.size == 0:
-            continue
+        pieces += [(group, (start, upper, width), rows[first:first + GROUP_ROWS])
+                   for first in range(0, rows.size, GROUP_ROWS)]
+
+    def measure(piece: tuple[LineGroup, tuple[np.ndarray, np.ndarray, int], np.ndarray],
+                ) -> None:
+        group, (start, upper, width), rows = piece
         windows = _gather(flux, ivar, continuum, loglam, wave, one_plus_z, rows, start,
                           upper, width)
         for name, values in _fit_group(group, *windows, z[rows]).items():
-            out[name][rows] = values
+            out[name][rows] = values        # its group's columns, its own rows
+
+    thread_map(measure, pieces, threads)
     return out
 
 

@@ -265,7 +265,7 @@ class StellarContinuum:
 
 def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray,
                           z: np.ndarray, basis: DispersionBasis | None = None,
-                          ) -> StellarContinuum:
+                          threads: int = 1) -> StellarContinuum:
     """The stellar continuum of ``B`` galaxies at redshifts ``z`` (see the module
     docstring).
 
@@ -279,6 +279,11 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
         −1: not fitted).
     basis
         :func:`dispersion_basis`; ``None``: the shipped one.
+    threads
+        Chunks of :data:`CHUNK_ROWS` galaxies fitted at once on threads, and within a
+        chunk the models of the galaxies that share a dispersion, one dispersion per
+        thread, with the threads left (:func:`~gasnet_plugin.thread_map.thread_map`; the
+        same results for any number).
     """
     basis = default_dispersion_basis() if basis is None else basis
     n_rows, n_pix = flux.shape
@@ -286,19 +291,28 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
     if step is not None:
         raise ValueError(f"continuum templates have {basis.dloglam:g} dex pixels, the grid "
                          f"{step:g}")
+    from gasnet_plugin.thread_map import thread_map
+
     model = np.full((n_rows, n_pix), np.nan)
     dispersion = np.full(n_rows, np.nan)
-    for first in range(0, n_rows, CHUNK_ROWS):
+    firsts = range(0, n_rows, CHUNK_ROWS)
+    outer = max(1, min(threads, len(firsts)))
+
+    def fit_chunk(first: int) -> None:
         rows = slice(first, first + CHUNK_ROWS)
         model[rows], dispersion[rows] = _fit_chunk(flux[rows], ivar[rows], loglam, z[rows],
-                                                   basis)
+                                                   basis, max(1, threads // outer))
+
+    thread_map(fit_chunk, firsts, outer)
     return StellarContinuum(model, dispersion)
 
 
 def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.ndarray,
-               basis: DispersionBasis) -> tuple[np.ndarray, np.ndarray]:
+               basis: DispersionBasis, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """:func:`fit_stellar_continuum` of one chunk: the model ``(b, P)`` and the dispersion
     ``(b,)``."""
+    from gasnet_plugin.thread_map import thread_map
+
     n_rows, n_pix = flux.shape
     n_rest = basis.n_pix
     ok = np.isfinite(z) & (z > -1)
@@ -318,9 +332,12 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
     chi2 = _search_chi2(w, wf, wff, basis.search)                            # (b', S')
     best = _parabola_minimum(chi2, n_dispersions)
     model_rest = np.empty((fitted.size, n_rest))
-    for s in np.unique(best):
-        rows = np.flatnonzero(best == s)
+
+    def fit_model(s: int) -> None:
+        rows = np.flatnonzero(best == s)          # each dispersion its own galaxies' rows
         model_rest[rows] = _model(w[rows], wf[rows], basis.design(s, EIGEN_COLUMNS))
+
+    thread_map(fit_model, np.unique(best), threads)
     model = np.full((n_rows, n_pix), np.nan)
     model[fitted] = _to_observed(model_rest, shift[fitted], n_pix)
     dispersion = np.full(n_rows, np.nan)

@@ -503,3 +503,88 @@ def test_redshifts_no_spectrum_can_have_leave_only_their_row_unmeasured():
     assert 0 < on_templates < LOGLAM.size and fit.index[-1] >= 0
     np.testing.assert_allclose(fit.rchi2[-1],
                                fit.chi2[-1] / (on_templates - POLY_DEGREE - 2), rtol=1e-12)
+
+
+def test_the_fits_give_the_same_bits_on_any_number_of_threads(monkeypatch):
+    """Chunks of rows, dispersions and line groups fitted side by side on threads give
+    exactly the results of one thread (each piece is computed as it would be alone)."""
+    import gasnet_plugin.emission_lines as lines_module
+    import gasnet_plugin.models.star_templates as stars_module
+    import gasnet_plugin.stellar_continuum as continuum_module
+
+    # small pieces, so that a small batch has several of each
+    monkeypatch.setattr(continuum_module, "CHUNK_ROWS", 8)
+    monkeypatch.setattr(stars_module, "CHUNK_STARS", 4)
+    monkeypatch.setattr(lines_module, "GROUP_ROWS", 5)
+    rng = np.random.default_rng(8)
+    n_rows = 19
+    z = rng.uniform(0.02, 0.3, n_rows)
+    flux = np.empty((n_rows, LOGLAM.size), np.float32)
+    for row in range(n_rows):
+        flux[row] = synthetic(z[row], {6564.61: (rng.uniform(5, 30), 150.0),
+                                       4862.68: (rng.uniform(1, 8), 150.0),
+                                       5008.24: (rng.uniform(1, 10), 120.0)},
+                              n=1, seed=row)[0][0]
+    ivar = np.full(flux.shape, 400.0, np.float32)
+    templates = load_star_templates()
+    star_z = rng.uniform(-5e-4, 5e-4, n_rows)
+    results = []
+    for threads in (1, 3):
+        continuum = continuum_module.fit_stellar_continuum(flux, ivar, LOGLAM, z,
+                                                           threads=threads)
+        lines = measure_lines(flux, ivar, LOGLAM, z, continuum.model, threads=threads)
+        stars = fit_star_templates(templates, flux, ivar, LOGLAM, star_z, threads=threads)
+        results.append((continuum, lines, stars))
+    (c1, l1, s1), (c3, l3, s3) = results
+    assert np.unique(c1.dispersion_kms).size > 1 and np.isfinite(l1["HALPHA_FLUX"]).all()
+    np.testing.assert_array_equal(c1.model, c3.model)
+    np.testing.assert_array_equal(c1.dispersion_kms, c3.dispersion_kms)
+    for name, values in l1.items():
+        np.testing.assert_array_equal(values, l3[name], err_msg=name)
+    np.testing.assert_array_equal(s1.all_chi2, s3.all_chi2)
+    np.testing.assert_array_equal(s1.rchi2, s3.rchi2)
+
+
+def test_the_stages_threads_change_no_result(monkeypatch):
+    """The subtype stage with ``threads`` 3 (and null: torch's thread count) gives the
+    results of one thread, every column, with pieces small enough that each fit has
+    several; 0 threads is refused at set-up."""
+    import torch
+
+    import gasnet_plugin.emission_lines as lines_module
+    import gasnet_plugin.models.star_templates as stars_module
+    import gasnet_plugin.stellar_continuum as continuum_module
+    import gasnet_plugin.thread_map as thread_map_module
+    from gasnet_plugin.host.config import ConfigError
+
+    monkeypatch.setattr(continuum_module, "CHUNK_ROWS", 1)
+    monkeypatch.setattr(stars_module, "CHUNK_STARS", 1)
+    monkeypatch.setattr(lines_module, "GROUP_ROWS", 1)
+    asked: list[int] = []
+    real_thread_map = thread_map_module.thread_map
+
+    def recorded(work, items, threads):
+        asked.append(threads)
+        return real_thread_map(work, items, threads)
+
+    monkeypatch.setattr(thread_map_module, "thread_map", recorded)
+    stages = ["resample", "classify", "redshift-scan", "reconstruct"]
+    one = run_pipeline({"stages": [*stages, {"subtype": {"threads": 1}}]},
+                       [str(DATA)]).results
+    assert asked and set(asked) == {1}
+    for threads in (3, None):
+        asked.clear()
+        several = run_pipeline({"stages": [*stages, {"subtype": {"threads": threads}}]},
+                               [str(DATA)]).results
+        assert max(asked) == (threads or torch.get_num_threads())
+        assert several.colnames == one.colnames
+        for name in one.colnames:
+            np.testing.assert_array_equal(several[name], one[name], err_msg=name)
+    # several rows with lines, and several stars, so that the pieces were several
+    measured = np.column_stack([np.isfinite(np.asarray(one[name], dtype=float))
+                                for name in one.colnames if name.endswith("_FLUX")])
+    assert measured.any(axis=1).sum() >= 4
+    assert (np.char.str_len(np.asarray(one["STAR_TEMPLATE"]).astype(str)) > 0).sum() >= 2
+    with pytest.raises(ConfigError, match="threads: 0 is less than the minimum of 1"):
+        run_pipeline({"stages": [*stages, {"subtype": {"threads": 0}}]},
+                     [str(DATA / "spec-0266-51602-0013.fits")])

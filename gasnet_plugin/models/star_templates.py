@@ -152,7 +152,7 @@ class StarFit:
 
 
 def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndarray,
-                       loglam: np.ndarray, z: np.ndarray) -> StarFit:
+                       loglam: np.ndarray, z: np.ndarray, threads: int = 1) -> StarFit:
     """Fit every template to every star at its redshift (see the module docstring).
 
     Parameters
@@ -164,7 +164,12 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
         ``(B,)`` redshifts (rounded to whole pixels of the grid). A star is not fitted
         (index −1, χ² NaN) where its z is not finite or not above −1, or where fewer
         than :data:`POLY_DEGREE` + 3 of its pixels have a weight on the templates' range.
+    threads
+        Chunks of :data:`CHUNK_STARS` stars fitted at once, on threads
+        (:func:`~gasnet_plugin.thread_map.thread_map`; the same results for any number).
     """
+    from gasnet_plugin.thread_map import thread_map
+
     n_rows, n_pix = flux.shape
     n_templates = templates.flux.shape[0]
     step = grid_step_mismatch(loglam, templates.dloglam)
@@ -188,10 +193,13 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     fitted = np.flatnonzero(ok)
     fitted = fitted[np.argsort(start[fitted], kind="stable")]   # neighbours in z together
     n_weighted = np.zeros(n_rows, dtype=np.int64)
-    for first in range(0, fitted.size, CHUNK_STARS):
+
+    def fit_chunk(first: int) -> None:
         rows = fitted[first:first + CHUNK_STARS]
         all_chi2[rows], n_weighted[rows] = _fit_stars(padded, padded_squared, flux[rows],
                                                       ivar[rows], start[rows])
+
+    thread_map(fit_chunk, range(0, fitted.size, CHUNK_STARS), threads)
     found = np.isfinite(all_chi2).any(axis=1)
     index = np.where(found, np.argmin(all_chi2, axis=1), -1)
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)

@@ -17,8 +17,10 @@ the resampled spectra, and adds:
 
 With ``broadline_is_qso`` (default), a GALAXY whose broad Balmer line dominates is called
 QSO, as SDSS and Redrock do (``SPECTYPE`` changes, ``BROADLINE_QSO`` is True); its redshift
-stays the galaxy fit's. Everything is batched; loops run over line groups and whole-pixel
-shifts of the stars' redshifts only.
+stays the galaxy fit's. Everything is batched; loops run over line groups and chunks of
+rows only, and with ``threads`` > 1 (``null``: as many as torch has) those independent
+pieces run side by side (:func:`~gasnet_plugin.thread_map.thread_map`), with the same
+results for any number.
 """
 
 from __future__ import annotations
@@ -64,6 +66,10 @@ class SubtypeStage(Stage):
         "broadline_is_qso": {"type": "boolean", "default": True,
                              "description": "call a GALAXY whose broad Balmer line dominates "
                                             "QSO, as SDSS and Redrock do"},
+        "threads": {"type": ["integer", "null"], "minimum": 1, "default": 1,
+                    "description": "threads for the fits' independent pieces (the same "
+                                   "results for any number); null: torch's thread count "
+                                   "(every core in a local run)"},
     }
 
     def __init__(self, **params: Any) -> None:
@@ -128,14 +134,18 @@ class SubtypeStage(Stage):
         self.templates.padded(loglam.size)
 
     def process(self, batch: SpectrumBatch) -> None:
+        import torch
+
         if self._blas is None:
             raise RuntimeError("subtype: setup() was not called")
         # one BLAS thread: matrix products then sum in one order, so a spectrum's result
-        # is bit for bit the same on a laptop, a Dask worker or a resumed run
+        # is bit for bit the same on a laptop, a Dask worker or a resumed run; several
+        # cores (``threads``) fit independent chunks of rows and line groups side by side
+        threads = self.params["threads"] or torch.get_num_threads()
         with self._blas.limit(limits=1, user_api="blas"):
-            self._process(batch)
+            self._process(batch, threads=threads)
 
-    def _process(self, batch: SpectrumBatch) -> None:
+    def _process(self, batch: SpectrumBatch, threads: int = 1) -> None:
         from gasnet_plugin.emission_lines import QUANTITIES, line_names, measure_lines
         from gasnet_plugin.models.star_templates import fit_star_templates
         from gasnet_plugin.stellar_continuum import fit_stellar_continuum
@@ -159,8 +169,9 @@ class SubtypeStage(Stage):
         if galaxies.any():
             rows = emitting[galaxies]
             continuum[galaxies] = fit_stellar_continuum(
-                flux[rows], ivar[rows], loglam, z[rows], self.galaxy_basis).model
-        lines = measure_lines(flux[emitting], ivar[emitting], loglam, z[emitting], continuum)
+                flux[rows], ivar[rows], loglam, z[rows], self.galaxy_basis, threads).model
+        lines = measure_lines(flux[emitting], ivar[emitting], loglam, z[emitting], continuum,
+                              threads)
         for name in line_names():
             for quantity in QUANTITIES:
                 column = np.full(n_rows, np.nan)
@@ -191,7 +202,8 @@ class SubtypeStage(Stage):
         template = np.full(n_rows, "", dtype=object)
         rchi2 = np.full(n_rows, np.nan)
         if stars.size:
-            fit = fit_star_templates(self.templates, flux[stars], ivar[stars], loglam, z[stars])
+            fit = fit_star_templates(self.templates, flux[stars], ivar[stars], loglam,
+                                     z[stars], threads)
             found = fit.index >= 0
             types = self.templates.spectral_types()
             names = np.asarray(self.templates.names)
