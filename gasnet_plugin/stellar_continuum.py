@@ -285,14 +285,14 @@ def fit_stellar_continuum(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray
         thread, with the threads left (:func:`~gasnet_plugin.thread_map.thread_map`; the
         same results for any number).
     """
+    from gasnet_plugin.thread_map import thread_map
+
     basis = default_dispersion_basis() if basis is None else basis
     n_rows, n_pix = flux.shape
     step = grid_step_mismatch(loglam, basis.dloglam)
     if step is not None:
         raise ValueError(f"continuum templates have {basis.dloglam:g} dex pixels, the grid "
                          f"{step:g}")
-    from gasnet_plugin.thread_map import thread_map
-
     model = np.full((n_rows, n_pix), np.nan)
     dispersion = np.full(n_rows, np.nan)
     firsts = range(0, n_rows, CHUNK_ROWS)

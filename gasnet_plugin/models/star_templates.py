@@ -230,7 +230,7 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     :data:`POLY_DEGREE` in x ∈ [−1, 1] across the observed pixels) fitted to ``b`` stars
     (``flux``, ``ivar`` ``(b, P)``) whose observed pixel 0 is template pixel ``start``
     ``(b,)``; inf where the amplitude is not positive, and for a star with no more
-    weighted pixels on the templates than the polynomial has terms. Also the number of
+    weighted pixels on the templates than the fit has terms. Also the number of
     weighted pixels ``(b,)`` each fit sums over. ``padded`` and ``padded_squared``:
     :meth:`StarTemplates.padded`.
 
@@ -269,9 +269,10 @@ def _fit_stars(padded: np.ndarray, padded_squared: np.ndarray, flux: np.ndarray,
     # least-squares amplitude and χ² follow from the Schur complement (no (K+1)² system
     # per template and star)
     ridge = 1e-12 * np.einsum("bii->b", xx)[:, None, None] / k * np.eye(k)
-    # a star with too few weighted pixels here has no fit: an identity in place of its
-    # (near) zero normal matrix keeps the batched solve defined, and its χ² is inf
-    empty = n_weighted <= k
+    # a star with no more weighted pixels here than the fit has terms (the polynomial's
+    # and the amplitude) has no fit: an identity in place of its (near) zero normal
+    # matrix keeps the batched solve defined, and its χ² is inf
+    empty = n_weighted <= k + 1
     gram = np.where(empty[:, None, None], np.eye(k), xx + ridge)           # (b, K, K)
     solved_fx = np.linalg.solve(gram, fx[..., None])[..., 0]                # (b, K)
     solved_tx = np.linalg.solve(gram, tx.transpose(0, 2, 1))                # (b, K, T)
