@@ -118,7 +118,7 @@ QUANTITIES = ("FLUX", "FLUX_ERR", "EW", "EW_ERR", "SIGMA", "SIGMA_ERR")
 def _window_starts(loglam: np.ndarray, one_plus_z: np.ndarray,
                    window: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, int]:
     """Where each spectrum's observed window lies on the grid (``one_plus_z`` ``(B,)``:
-    1 + z, 1 where z is NaN): its first pixel ``(B,)`` (int64), its upper end ``(B,)``
+    1 + z, 1 where z is not measurable): its first pixel ``(B,)`` (int64), its upper end ``(B,)``
     (log10 Å) and the window's width in pixels ``M``
     (:func:`~gasnet_plugin.line_fit_kernels.gather_windows` reads it)."""
     dloglam = (loglam[-1] - loglam[0]) / (loglam.size - 1)
@@ -170,7 +170,7 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
         ``"<LINE>_DCHI2"`` for the broad components.
     """
     from gasnet_plugin.line_fit_kernels import count_valid
-    from gasnet_plugin.models.star_templates import as_contiguous_floats
+    from gasnet_plugin.models.star_templates import as_contiguous_floats, measurable_redshift
     from gasnet_plugin.thread_map import thread_map
 
     n_rows = flux.shape[0]
@@ -181,7 +181,7 @@ def measure_lines(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.
     flux, ivar = as_contiguous_floats(flux), as_contiguous_floats(ivar)
     if continuum is not None:
         continuum = np.ascontiguousarray(continuum, dtype=np.float64)
-    measurable = np.isfinite(z) & (z > -1)
+    measurable = measurable_redshift(z)
     wave, one_plus_z = 10.0**loglam, np.where(measurable, 1 + z, 1.0)
     pieces = []                         # (group, its windows, rows of one part)
     for group in LINE_GROUPS:

@@ -55,6 +55,7 @@ from gasnet_plugin.models.star_templates import (
     as_contiguous_floats,
     grid_step_mismatch,
     load_star_templates,
+    measurable_redshift,
 )
 
 DEFAULT_CONTINUUM_TEMPLATES = "sdss-elodie-eigenspectra.asdf"
@@ -315,7 +316,7 @@ def _fit_chunk(flux: np.ndarray, ivar: np.ndarray, loglam: np.ndarray, z: np.nda
 
     n_rows, n_pix = flux.shape
     n_rest = basis.n_pix
-    ok = np.isfinite(z) & (z > -1)
+    ok = measurable_redshift(z)
     # template pixel of each galaxy's observed pixel 0
     shift = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - basis.loglam0)
                      / basis.dloglam).astype(np.int64)

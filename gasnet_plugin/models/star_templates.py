@@ -181,7 +181,7 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     # pixels with a weight (as the kernel weighs them: finite positive ivar, finite flux)
     n_valid = (np.isfinite(flux) & np.isfinite(ivar) & (ivar > 0)).sum(axis=1)
     z = np.asarray(z, dtype=np.float64)
-    ok = np.isfinite(z) & (z > -1) & (n_valid > n_params)
+    ok = measurable_redshift(z) & (n_valid > n_params)
     # template pixel of observed pixel 0, per star; how many of its pixels the templates
     # cover (a redshift far outside them leaves none)
     start = np.round((loglam[0] - np.log10(1 + np.where(ok, z, 0.0)) - templates.loglam0)
@@ -205,6 +205,13 @@ def fit_star_templates(templates: StarTemplates, flux: np.ndarray, ivar: np.ndar
     chi2 = np.where(found, all_chi2[np.arange(n_rows), np.maximum(index, 0)], np.nan)
     dof = np.maximum(n_weighted - n_params, 1)
     return StarFit(index, chi2, chi2 / dof, all_chi2)
+
+
+def measurable_redshift(z: np.ndarray) -> np.ndarray:
+    """``(B,)`` bool: redshifts a spectrum can have (finite and above −1), the rows every
+    fit of the subtype stage measures at all."""
+    z = np.asarray(z, dtype=np.float64)
+    return np.isfinite(z) & (z > -1)
 
 
 def grid_step_mismatch(loglam: np.ndarray, dloglam: float) -> float | None:
