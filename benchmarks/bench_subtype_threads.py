@@ -74,8 +74,9 @@ def main() -> None:
                 for threads, run in runs.items():
                     seconds[threads].append(subtype_seconds(
                         run, files, scratch / f"threads-{threads}.asdf"))
-            n_spectra = len(read_archive(scratch / "threads-1.asdf").results)
-            same = same_table(read_archive(scratch / "threads-1.asdf").results,
+            one = read_archive(scratch / "threads-1.asdf").results
+            n_spectra = len(one)
+            same = same_table(one,
                               read_archive(scratch / f"threads-{args.threads}.asdf").results)
             baseline = statistics.median(seconds[1])
             for threads, values in seconds.items():
