@@ -121,13 +121,19 @@ def test_broadline_follows_the_sdss_code():
     assert not has_broad_line(lines("HALPHA", 40.0, np.nan))[0]        # bottom of the grid
 
 
+def templates_at_rest(templates, pick) -> np.ndarray:
+    """``(len(pick), P)`` float64: the templates ``pick`` on :data:`LOGLAM` at z = 0, each
+    divided by its median (noiseless stars of those types)."""
+    start = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
+    flux = templates.flux[pick, start:start + LOGLAM.size].astype(np.float64)
+    return flux / np.median(flux, axis=1, keepdims=True)
+
+
 def test_each_star_template_recovers_its_own_type():
     templates = load_star_templates()
-    start = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
     pick = np.array([5, 40, 55, 70, 85, 100])                          # A, B, F, G, K, M
-    flux = templates.flux[pick, start:start + LOGLAM.size].astype(np.float64)
+    flux = templates_at_rest(templates, pick)
     rng = np.random.default_rng(3)
-    flux = flux / np.median(flux, axis=1, keepdims=True)
     ivar = np.full(flux.shape, 1 / 0.02**2)
     fit = fit_star_templates(templates, flux + 0.02 * rng.normal(size=flux.shape), ivar,
                              LOGLAM, np.zeros(pick.size))
@@ -439,10 +445,7 @@ def test_pixels_that_are_not_measurements_count_as_masked_in_every_fit():
     np.testing.assert_array_equal(hostile_fit.dispersion_kms, masked_fit.dispersion_kms)
 
     templates = load_star_templates()
-    star = templates.flux[[10, 60, 90]].astype(np.float64)
-    start = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
-    star = star[:, start:start + LOGLAM.size]
-    star = (star / np.median(star, axis=1, keepdims=True)).astype(np.float32)
+    star = templates_at_rest(templates, [10, 60, 90]).astype(np.float32)
     star_ivar = np.full(star.shape, 400.0, np.float32)
     hostile_flux, hostile_ivar, masked_ivar = _not_measurements(star, star_ivar, 2)
     hostile_stars = fit_star_templates(templates, hostile_flux, hostile_ivar, LOGLAM,
@@ -483,9 +486,7 @@ def test_redshifts_no_spectrum_can_have_leave_only_their_row_unmeasured():
     np.testing.assert_array_equal(continuum.model, reference.model)
 
     templates = load_star_templates()
-    first = round((LOGLAM[0] - templates.loglam0) / templates.dloglam)
-    stars = templates.flux[[10, 60]].astype(np.float64)[:, first:first + LOGLAM.size]
-    stars = stars / np.median(stars, axis=1, keepdims=True)
+    stars = templates_at_rest(templates, [10, 60])
     star_flux = np.vstack([stars[0], np.tile(stars[1], (bad.size + 1, 1))]).astype(np.float32)
     star_ivar = np.full(star_flux.shape, 400.0, np.float32)
     # the last star at z = 1.5: only its blue pixels land on the templates' range
