@@ -13,9 +13,17 @@ generator), it trains
 and scores each on the held-back half: accuracy per class and the confusion matrix, the
 expected calibration error (ECE), GF / MAD / within-1σ of the cnn redshifts, and the
 throughput (ms per spectrum, one thread, batch of 256, model loading excluded) against the
-gasnet3 scan run in the same process.
+gasnet3 scan run in the same process. Beside the star-type classifier it scores, on the
+same held-back stars, the type letter of SUBTYPE from the default pipeline (the subtype
+stage's named-template fit, nothing trained), so the learned and the fitted letter are
+compared on the same spectra.
 
-    python benchmarks/bench_cnn.py [--mocks 3000] [--epochs 30] [--write-defaults]
+``--swap-halves`` trains on the other half and scores on the first: the two runs together
+are a two-fold cross-validation (every labelled spectrum scored once, by a model that did
+not see it).
+
+    python benchmarks/bench_cnn.py [--mocks 3000] [--epochs 30] [--swap-halves]
+        [--write-defaults]
 
 ``--write-defaults`` writes the 3-class classifier and the regressor to
 ``gasnet_plugin/data`` (the shipped default models).
@@ -68,6 +76,25 @@ def throughput(predict, flux: np.ndarray, ivar: np.ndarray, repeats: int = 3) ->
     return 1e3 * best / flux.shape[0]
 
 
+def fitted_letters(data, truth: np.ndarray, rows: np.ndarray,
+                   letters: list[str]) -> list[tuple]:
+    """Report rows for the type letter of the default pipeline's SUBTYPE (its named-template
+    fit) on the labelled spectra ``rows`` (indices into ``data``, the labelled spectra)
+    whose label letters are ``truth``."""
+    from bench_subtype import letter
+
+    default = labelled_real_spectra(REPO / "example_configs" / "default.yaml")
+    if not (np.array_equal(default.source, data.source)
+            and np.array_equal(default.cls, data.cls)):
+        raise RuntimeError("the default pipeline's labelled rows differ from the resampled")
+    subtype = np.asarray(default.archive.results["SUBTYPE"]).astype(str)[default.rows[rows]]
+    pred = np.array([letter(s) for s in subtype])
+    return [("template fit (SUBTYPE)", label, int(sel.sum()),
+             f"{class_accuracy(truth[sel], pred[sel]):.3f}", "")
+            for label in ("ALL", *letters)
+            for sel in [np.ones(truth.size, bool) if label == "ALL" else truth == label]]
+
+
 def main() -> None:
     import torch
 
@@ -77,6 +104,8 @@ def main() -> None:
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch threads for training")
+    parser.add_argument("--swap-halves", action="store_true",
+                        help="train on the other half, score on the first (2-fold CV)")
     parser.add_argument("--write-defaults", action="store_true")
     parser.add_argument("--skip", default="", help="comma list: classifier,redshift,star-type")
     args = parser.parse_args()
@@ -86,6 +115,10 @@ def main() -> None:
     cls, sub, z, flux, ivar = data.cls, data.sub, data.z, data.flux, data.ivar
     grid = data.archive.arrays.loglam
     train, rng = split_half(cls, args.seed)
+    if args.swap_halves:
+        if args.write_defaults:
+            parser.error("--write-defaults trains the shipped models on the first half only")
+        train = ~train
     held = ~train
 
     published = load_model()
@@ -168,6 +201,9 @@ def main() -> None:
             print(f"\nconfusion ({name}; rows true, columns predicted {model.labels}):")
             for label, line in zip(model.labels, matrix, strict=True):
                 print(f"  {label:>7} {line.tolist()}")
+            if model.label_set == "star-type":
+                report.extend(fitted_letters(data, truth, np.flatnonzero(held)[pick],
+                                             model.labels))
             timing_rows.append((f"classify ({name})",
                                 f"{throughput(predictor.classify, batch_f, batch_v):.3f}"))
         else:

@@ -8,8 +8,9 @@ class, on the spectra whose decided class is the labelled one:
   STARBURST / STARFORMING / "" (BROADLINE counted apart);
 * QSOs: BROADLINE present or not;
 * stars: the spectral-type letter (O B A F G K M) of SUBTYPE against the label's (LAMOST
-  and SDSS types), with the learned ``star-type`` classifier of docs/gasnet2.rst beside it
-  where its model file is given (``--star-type-model``).
+  and SDSS types). The learned ``star-type`` classifier of docs/gasnet2.rst is scored
+  beside SUBTYPE on the same held-out stars by ``bench_cnn.py`` (with ``--swap-halves``
+  for the other fold).
 
 Nothing here is fitted: the rules are SDSS's and the templates SDSS's, so every spectrum is
 a test spectrum. The cost is the subtype stage's time per spectrum on one thread (from

@@ -246,6 +246,27 @@ def test_training_is_repeatable_and_resumes_exactly(tmp_path):
         np.testing.assert_allclose(resumed.weights[name], array, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.parametrize(("losses", "epochs_run", "best"), [
+    # flat for longer than the patience at first (a few real spectra: an epoch is one
+    # step), then learning: training goes on until the loss falls, then patience applies
+    ([1.6, 1.6, 1.6, 1.6, 1.2, 1.0, 1.1, 1.1, 1.1, 1.1], 8, 5),
+    # improving from the second epoch: patience as always
+    ([1.6, 1.2, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3, 1.3], 4, 1),
+])
+def test_early_stopping_waits_until_the_validation_loss_first_falls(monkeypatch, losses,
+                                                                    epochs_run, best):
+    import gasnet_plugin.models.train_cnn as train_module
+
+    scripted = iter(losses)
+    monkeypatch.setattr(train_module, "_validate", lambda *args: (next(scripted), 0.0))
+    torch.set_num_threads(1)
+    _, history = train_cnn(small_model("classify"), line_spectra(60, 0, "classify"),
+                           CNNTrainSettings(epochs=len(losses), batch_size=64, patience=2,
+                                            seed=0), progress=False)
+    assert len(history.val) == epochs_run
+    assert history.best_epoch == best
+
+
 def _stop_after(model, data, settings, checkpoint, epochs_done):
     """Run training and stop it (as a kill would) once ``epochs_done`` epochs are saved."""
     import gasnet_plugin.models.train_cnn as train_module

@@ -116,7 +116,9 @@ def _cnn_training_options(function):
         click.option("--batch-size", type=int, default=128, show_default=True),
         click.option("--lr", type=float, default=2e-3, show_default=True),
         click.option("--val-fraction", type=float, default=0.2, show_default=True),
-        click.option("--patience", type=int, default=8, show_default=True),
+        click.option("--patience", type=int, default=8, show_default=True,
+                     help="Epochs without a better validation loss before training stops "
+                          "(counted once the loss has fallen below the first epoch's)."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="cpu", show_default=True),
         click.option("--augment/--no-augment", default=True, show_default=True,

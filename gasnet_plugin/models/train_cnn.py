@@ -243,7 +243,11 @@ def train_cnn(base: CNNModel, data: TrainingSet, settings: CNNTrainSettings,
     bar = tqdm(range(first_epoch, settings.epochs), desc=f"train {base.task}", unit="epoch",
                disable=not progress)
     for epoch in bar:
-        if stale >= settings.patience:
+        # early stopping: ``patience`` epochs without a better validation loss, once it
+        # has improved on the first epoch's (a network still at its first epoch's loss has
+        # not started to learn: on a few real spectra an epoch is one step, and the loss
+        # can stay flat for longer than the patience before it falls)
+        if stale >= settings.patience and history.best_epoch > 0:
             break
         rng = np.random.default_rng([settings.seed, epoch])
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
