@@ -406,7 +406,7 @@ def test_star_template_chi2_is_each_templates_least_squares_fit():
 
 def _not_measurements(flux: np.ndarray, ivar: np.ndarray, seed: int,
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``flux, ivar`` with 1 % of the pixels each given a negative, NaN or infinite ivar
+    """``flux, ivar`` with 4 % of the pixels each given a negative, NaN or infinite ivar
     or a NaN flux; and the same spectra with those pixels' ivar set to 0 instead."""
     rng = np.random.default_rng(seed)
     bad = rng.random(flux.shape) < 0.04
