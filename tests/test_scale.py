@@ -730,6 +730,47 @@ def test_a_file_and_a_batch_are_let_go_before_the_next_file_is_read(monkeypatch,
             np.concatenate([output.results[name] for output in outputs]), one.results[name])
 
 
+def test_batches_share_their_file_s_and_the_grid_s_wcs(monkeypatch, tmp_path):
+    """specutils builds a lookup-table WCS (with a model class of its own) for every
+    ``Spectrum`` made from a spectral axis alone, and drops it as cyclic garbage that only
+    the collector's full passes free: one per batch slice and per resampled batch, the
+    heap's growth over a run's first ~13 000 spectra (docs/scale.rst). The slices of a
+    file share its spectrum's WCS and every resampled batch the grid's, made once: WCSs
+    are built once per file read and once for the grid, not per batch. Files of 5 spectra
+    in batches of 3, so batches slice files and straddle them."""
+    import astropy.units as u
+    import specutils.spectra.spectrum as specutils_spectrum
+
+    import gasnet_plugin.host.runner as runner
+    from gasnet_plugin.io.labels import label_rows
+    from gasnet_plugin.io.spectrum import build_spectrum
+
+    wave = np.linspace(3600, 9200, 800)
+
+    def read(path, reader, readers):
+        rng = np.random.default_rng(int(Path(path).stem[1:]))
+        flux = rng.normal(10, 1, (5, wave.size)).astype(np.float32)
+        return [build_spectrum(wave, flux, np.full_like(flux, 4.0), None,
+                               u.dimensionless_unscaled, label_rows(5, str(path)))]
+
+    built = []
+    gwcs_from_array = specutils_spectrum.gwcs_from_array
+
+    def counting(*args, **kwargs):
+        built.append(args[1])      # the flux shape it was built for
+        return gwcs_from_array(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "read_spectra", read)
+    monkeypatch.setattr(specutils_spectrum, "gwcs_from_array", counting)
+    files = [tmp_path / f"f{i}.fits" for i in range(4)]
+    pipeline = Pipeline(as_config({"stages": ["resample"], "batch_size": 3,
+                                   "progress": False}))
+    pipeline.setup()
+    outputs = list(pipeline.stream(files))
+    assert [len(output) for output in outputs] == [3, 3, 3, 3, 3, 3, 2]
+    assert len(built) == 4 + 1      # the four files and the grid
+
+
 @pytest.mark.parametrize("consume", [False, True])
 def test_merging_batch_results_holds_the_rows_once_or_twice_at_most(consume):
     """A shard's table is stacked from its batches' tables with one copy of the data: the

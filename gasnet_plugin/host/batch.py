@@ -64,7 +64,13 @@ class InputBlock:
 
     def _remade(self, take: Callable[[Any], Any], rows: Table, first_row: int) -> InputBlock:
         """A block whose spectrum has ``take(array)`` of this one's flux, ivar and mask
-        (same spectral axis, unit and meta; ``rows`` as its rows), no further copy made."""
+        (same spectral axis, unit and meta; ``rows`` as its rows), no further copy made.
+
+        The new spectrum shares this one's WCS: it depends on the spectral axis and the
+        number of dimensions only, both the same. Without it specutils builds a lookup
+        table WCS per spectrum, with a model class of its own (~1 ms each), and drops it
+        as cyclic garbage that only the collector's full passes free
+        (:mod:`gasnet_plugin.host.collector`)."""
         from specutils import Spectrum
 
         spectrum = self.spectrum
@@ -74,6 +80,7 @@ class InputBlock:
             spectrum=Spectrum(
                 flux=take(spectrum.flux),
                 spectral_axis=spectrum.spectral_axis,
+                wcs=spectrum.wcs,
                 uncertainty=None if uncertainty is None
                 else type(uncertainty)(take(uncertainty.array), unit=uncertainty.unit,
                                        copy=False),

@@ -20,6 +20,7 @@ spectrum or per pixel.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import astropy.units as u
@@ -30,7 +31,7 @@ from gasnet_plugin.stages.base import Stage
 from gasnet_plugin.zwarning import ZWarn
 
 if TYPE_CHECKING:
-    from specutils import Spectrum
+    from specutils import SpectralAxis, Spectrum
 
     from gasnet_plugin.host.batch import SpectrumBatch
     from gasnet_plugin.host.registry import Registry
@@ -108,6 +109,19 @@ class ResampleStage(Stage):
         from gasnet_plugin.flux_rebinning import load_kernels
 
         load_kernels()          # numba loads here, once, not with the plugin or the first batch
+
+    @functools.cached_property
+    def grid_axis(self) -> tuple[SpectralAxis, Any]:
+        """The common grid as a spectral axis (Å, shape ``(P,)``) and its WCS for a batch's
+        ``(N, P)`` flux, made once and shared by every batch's spectrum. (A WCS does not
+        depend on N. Made per batch, specutils builds a lookup-table WCS with a model
+        class of its own, ~1 ms, and drops it as cyclic garbage that only the
+        collector's full passes free: :mod:`gasnet_plugin.host.collector`.)"""
+        from specutils import Spectrum
+
+        template = Spectrum(flux=np.zeros((1, self.loglam.size), dtype=np.float32) * u.one,
+                            spectral_axis=10.0**self.loglam * u.AA)
+        return template.spectral_axis, template.wcs
 
     @property
     def loglam(self) -> np.ndarray:
@@ -212,7 +226,8 @@ class ResampleStage(Stage):
         batch.arrays["ivar"] = ivar32
         batch.spectrum = Spectrum(
             flux=u.Quantity(flux32, flux_unit, copy=False),
-            spectral_axis=10.0**loglam * u.AA,
+            spectral_axis=self.grid_axis[0],
+            wcs=self.grid_axis[1],
             uncertainty=InverseVariance(ivar32, unit=flux_unit**-2, copy=False),
             mask=ivar32 == 0,
             meta={"rows": batch.rows, "loglam": loglam},
