@@ -116,12 +116,15 @@ class ResampleStage(Stage):
         ``(N, P)`` flux, made once and shared by every batch's spectrum. (A WCS does not
         depend on N. Made per batch, specutils builds a lookup-table WCS with a model
         class of its own, ~1 ms, and drops it as cyclic garbage that only the
-        collector's full passes free: :mod:`gasnet_plugin.host.collector`.)"""
+        collector's full passes free: :mod:`gasnet_plugin.host.collector`.) The axis is
+        read-only."""
         from specutils import Spectrum
 
         template = Spectrum(flux=np.zeros((1, self.loglam.size), dtype=np.float32) * u.one,
                             spectral_axis=10.0**self.loglam * u.AA)
-        return template.spectral_axis, template.wcs
+        axis = template.spectral_axis
+        axis.flags.writeable = False        # shared by every batch: none may change it
+        return axis, template.wcs
 
     @property
     def loglam(self) -> np.ndarray:
