@@ -733,8 +733,8 @@ def test_a_file_and_a_batch_are_let_go_before_the_next_file_is_read(monkeypatch,
 def test_batches_share_their_file_s_and_the_grid_s_wcs(monkeypatch, tmp_path):
     """specutils builds a lookup-table WCS (with a model class of its own) for every
     ``Spectrum`` made from a spectral axis alone, and drops it as cyclic garbage that only
-    the collector's full passes free: one per batch slice and per resampled batch, the
-    heap's growth over a run's first ~13 000 spectra (docs/scale.rst). The slices of a
+    the collector's full passes free: one per batch slice and per resampled batch (10-14
+    MB of a run's peak, docs/scale.rst). The slices of a
     file share its spectrum's WCS and every resampled batch the grid's, made once: WCSs
     are built once per file read and once for the grid, not per batch. Files of 5 spectra
     in batches of 3, so batches slice files and straddle them."""
